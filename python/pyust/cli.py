@@ -1,0 +1,415 @@
+"""The ``pyust`` command (also ``python -m pyust``).
+
+    pyust [-m module | script.py] [args...]                  trace into active sessions
+    pyust record [-o DIR] [--view] [-m module | script.py] [args...]
+    pyust view DIR
+
+Bad input gets one line on stderr and exit status 2; the traced program's
+own failures keep their usual traceback and exit status.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import types
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from typing import NoReturn
+
+USAGE = """\
+usage: pyust [-m module | script.py] [args...]
+       pyust record [-o DIR] [--view] [-m module | script.py] [args...]
+       pyust view DIR
+
+Trace a Python program into LTTng-UST (events python:call, python:return,
+python:c_call, python:c_return, python:exception).
+
+  pyust script.py ARGS       run the script traced; events go to the LTTng
+                             sessions that enable python:* (as `lttng
+                             create; lttng enable-event -u 'python:*';
+                             lttng start` sets up)
+  pyust -m module ARGS       the same for a module, as `python -m module`
+  pyust record ...           the same inside a session pyust creates, starts,
+                             stops and destroys; prints the trace folder
+      -o, --output DIR       where the trace goes (default: a new folder
+                             under ./pyust-traces/)
+      --view                 also print the trace as text
+  pyust view DIR             print a trace folder as text
+  --                         ends pyust's options (a script named `record`)
+  -h, --help                 this help;  --version  pyust's version
+"""
+
+# The channel `pyust record` creates: large sub-buffers so bursts of calls
+# fit; when they overflow LTTng discards events and `record` says how many.
+CHANNEL = "pyust"
+SUBBUF_SIZE = "4M"
+NUM_SUBBUF = "8"
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, exit status 2."""
+
+
+def fail(message: str) -> NoReturn:
+    raise UsageError(message)
+
+
+# --------------------------------------------------------------------------
+# Running the target in this interpreter
+
+
+class Target:
+    """What to run: a script path or a module name, and its argv."""
+
+    def __init__(self, module: str | None, script: str | None, args: list[str]):
+        self.module = module
+        self.script = script
+        self.args = args
+
+    @property
+    def argv(self) -> list[str]:
+        if self.module is not None:
+            return ["-m", self.module, *self.args]
+        assert self.script is not None
+        return [self.script, *self.args]
+
+    @property
+    def label(self) -> str:
+        name = self.module or os.path.basename(self.script or "script")
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", name.removesuffix(".py")) or "script"
+
+
+def parse_target(args: list[str]) -> Target:
+    """``[-m module | script.py] [args...]``, after pyust's own options."""
+    if not args:
+        fail("no script given (usage: pyust [-m module | script.py] [args...])")
+    if args[0] == "-m":
+        if len(args) < 2:
+            fail("-m needs a module name")
+        return Target(args[1], None, args[2:])
+    if args[0].startswith("-m") and len(args[0]) > 2:
+        return Target(args[0][2:], None, args[1:])
+    return Target(None, args[0], args[1:])
+
+
+def _main_module(path: str | None) -> types.ModuleType:
+    """A fresh ``__main__`` module, as the interpreter makes for a script."""
+    main = types.ModuleType("__main__")
+    main.__dict__["__builtins__"] = __builtins__
+    if path is not None:
+        main.__file__ = path
+        main.__cached__ = None  # type: ignore[attr-defined]
+    sys.modules["__main__"] = main
+    return main
+
+
+def load_target(target: Target) -> tuple[types.CodeType, dict[str, object]]:
+    """Compile the target and set up sys.argv, sys.path and ``__main__``."""
+    if target.module is not None:
+        import runpy
+
+        # runpy's own lookup, as `python -m` does (packages run __main__).
+        try:
+            mod_name, spec, code = runpy._get_module_details(target.module)  # type: ignore[attr-defined]
+        except BaseException as exc:  # ImportError, or runpy's _Error
+            fail(f"cannot run module {target.module!r}: {exc}")
+        sys.argv = [spec.origin or target.module, *target.args]
+        sys.path.insert(0, os.getcwd())
+        main = _main_module(spec.origin)
+        main.__spec__ = spec
+        main.__loader__ = spec.loader
+        main.__package__ = spec.parent
+        return code, main.__dict__
+
+    assert target.script is not None
+    path = os.path.abspath(target.script)
+    try:
+        with open(path, "rb") as f:
+            source = f.read()
+    except OSError as exc:
+        fail(f"cannot open script {target.script!r}: {exc.strerror}")
+    try:
+        code = compile(source, path, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as exc:
+        # The script's own fault: shown as Python would show it, exit 1.
+        import traceback
+
+        traceback.print_exception(type(exc), exc, None)
+        raise SystemExit(1) from None
+    sys.argv = [target.script, *target.args]
+    sys.path[0] = os.path.dirname(path)
+    main = _main_module(path)
+    main.__loader__ = None
+    main.__package__ = None
+    main.__spec__ = None
+    return code, main.__dict__
+
+
+def _print_exception(exc: BaseException) -> None:
+    """The traceback Python prints, without pyust's own frames."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    sys.excepthook(type(exc), exc, tb)
+
+
+def exit_status(exc: SystemExit) -> int:
+    """The exit status the interpreter gives for ``SystemExit(code)``."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF if code >= 0 else code % 256
+    print(code, file=sys.stderr)
+    return 1
+
+
+def run_traced(target: Target) -> int:
+    """``pyust script.py``: run the target traced in this interpreter."""
+    from . import _pyust
+
+    if not _pyust.session_active():
+        print(
+            "pyust: no LTTng session is recording python:* events; running the script "
+            "anyway (see `pyust record`, or `lttng enable-event -u 'python:*'`)",
+            file=sys.stderr,
+        )
+    code, namespace = load_target(target)
+    try:
+        _pyust.run(code, namespace)
+    except SystemExit as exc:
+        return exit_status(exc)
+    except KeyboardInterrupt as exc:
+        _print_exception(exc)
+        return 130
+    except BaseException as exc:
+        _print_exception(exc)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------
+# `pyust record`: a session of our own around a child interpreter
+
+
+def _lttng() -> str:
+    lttng = shutil.which("lttng")
+    if lttng is None:
+        fail("`record` needs the lttng command: install lttng-tools (apt-get install lttng-tools)")
+    return lttng
+
+
+def _run_lttng(lttng: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [lttng, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+    )
+
+
+def _check(proc: subprocess.CompletedProcess[str], what: str) -> None:
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        fail(f"lttng {what} failed: {detail[-1] if detail else 'exit ' + str(proc.returncode)}")
+
+
+def ensure_session_daemon(lttng: str) -> None:
+    """Reach the user's session daemon, or start one."""
+    if _run_lttng(lttng, "list").returncode == 0:
+        return
+    sessiond = shutil.which("lttng-sessiond")
+    if sessiond is None:
+        fail("no LTTng session daemon runs and lttng-sessiond is not installed")
+    proc = subprocess.run(
+        [sessiond, "--daemonize"], stdin=subprocess.DEVNULL, capture_output=True, text=True
+    )
+    if proc.returncode != 0 or _run_lttng(lttng, "list").returncode != 0:
+        detail = proc.stderr.strip().splitlines()
+        fail(f"cannot start lttng-sessiond{': ' + detail[-1] if detail else ''}")
+
+
+def default_output(target: Target) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = os.path.join("pyust-traces", f"{target.label}-{stamp}")
+    path, n = base, 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}-{n}"
+    return path
+
+
+def discarded_events(lttng: str, session: str) -> int:
+    """Events LTTng discarded in the session's channel (full ring buffers)."""
+    proc = _run_lttng(lttng, "--mi", "xml", "list", session)
+    if proc.returncode != 0:
+        return 0
+    try:
+        root = ET.fromstring(proc.stdout)
+    except ET.ParseError:
+        return 0
+    total = 0
+    for elem in root.iter():
+        if elem.tag.rsplit("}", 1)[-1] == "discarded_events" and (elem.text or "").isdigit():
+            total += int(elem.text or "0")
+    return total
+
+
+def record(argv: list[str]) -> int:
+    output: str | None = None
+    view = False
+    while argv:
+        arg = argv[0]
+        if arg in ("-o", "--output"):
+            if len(argv) < 2:
+                fail(f"{arg} needs a folder")
+            output, argv = argv[1], argv[2:]
+        elif arg.startswith("--output="):
+            output, argv = arg.split("=", 1)[1], argv[1:]
+        elif arg == "--view":
+            view, argv = True, argv[1:]
+        elif arg == "--":
+            argv = argv[1:]
+            break
+        elif arg in ("-h", "--help"):
+            print(USAGE)
+            return 0
+        elif arg.startswith("-") and not arg.startswith("-m"):
+            fail(f"unknown option for record: {arg}")
+        else:
+            break
+    target = parse_target(argv)
+    if target.script is not None and not os.path.isfile(target.script):
+        fail(f"cannot open script {target.script!r}: no such file")
+    lttng = _lttng()
+    if view and shutil.which("babeltrace2") is None:
+        fail("--view needs babeltrace2 (apt-get install babeltrace2)")
+    ensure_session_daemon(lttng)
+
+    output = os.path.abspath(output or default_output(target))
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+        fail(f"output folder {output} exists and is not empty")
+    stamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+    session = f"pyust-{os.getpid()}-{stamp}"
+
+    created = False
+    status = 1
+    # Interrupts reach the traced child (same process group); this process
+    # waits for it, then always tears the session down.
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.getsignal(signal.SIGTERM)
+    child: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, _frame: object) -> None:
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        _check(_run_lttng(lttng, "create", session, f"--output={output}"), "create")
+        created = True
+        _check(
+            _run_lttng(
+                lttng, "enable-channel", "--userspace", f"--session={session}",
+                f"--subbuf-size={SUBBUF_SIZE}", f"--num-subbuf={NUM_SUBBUF}", CHANNEL,
+            ),
+            "enable-channel",
+        )
+        _check(
+            _run_lttng(
+                lttng, "enable-event", "--userspace", f"--session={session}",
+                f"--channel={CHANNEL}", "python:*",
+            ),
+            "enable-event",
+        )
+        _check(
+            _run_lttng(
+                lttng, "add-context", "--userspace", f"--session={session}",
+                f"--channel={CHANNEL}", "--type=vpid", "--type=vtid", "--type=procname",
+            ),
+            "add-context",
+        )
+        _check(_run_lttng(lttng, "start", session), "start")
+        signal.signal(signal.SIGINT, forward)
+        child = subprocess.Popen([sys.executable, "-m", "pyust", "--", *target.argv])
+        status = child.wait()
+        if status < 0:
+            status = 128 - status
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if created:
+            _run_lttng(lttng, "stop", session)
+            lost = discarded_events(lttng, session)
+            _run_lttng(lttng, "destroy", session)
+            if lost:
+                print(f"pyust: LTTng discarded {lost} events (ring buffers full)", file=sys.stderr)
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    if view:
+        sys.stdout.flush()
+        show(output)
+    print(f"pyust: trace written to {output}", file=sys.stderr)
+    return status
+
+
+# --------------------------------------------------------------------------
+# `pyust view`
+
+
+def show(path: str) -> None:
+    babeltrace = shutil.which("babeltrace2")
+    if babeltrace is None:
+        fail("viewing a trace needs babeltrace2 (apt-get install babeltrace2)")
+    proc = subprocess.run([babeltrace, path], stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        fail(f"babeltrace2 cannot read {path}")
+
+
+def view(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if len(argv) != 1:
+        fail("usage: pyust view DIR")
+    path = argv[0]
+    if not os.path.isdir(path):
+        fail(f"{path} is not a trace folder")
+    if not os.access(path, os.R_OK | os.X_OK):
+        fail(f"cannot read {path}")
+    show(path)
+    return 0
+
+
+# --------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] in ("-h", "--help"):
+            print(USAGE)
+            return 0
+        if args and args[0] == "--version":
+            from . import __version__
+
+            print(f"pyust {__version__}")
+            return 0
+        if args and args[0] == "record":
+            return record(args[1:])
+        if args and args[0] == "view":
+            return view(args[1:])
+        if args and args[0] == "--":
+            args = args[1:]
+        elif args and args[0].startswith("-") and not args[0].startswith("-m"):
+            fail(f"unknown option: {args[0]} (see pyust --help)")
+        return run_traced(parse_target(args))
+    except UsageError as exc:
+        print(f"pyust: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 1

@@ -1,0 +1,175 @@
+//! Every foreign declaration pyust needs beyond `pyo3::ffi`, in one place:
+//! the LTTng-UST emitters of `src/tp/python_tp.c` and the few CPython entry
+//! points whose name changed across versions.
+//!
+//! The emitters are safe to call from any thread at any time: LTTng-UST
+//! never blocks the caller (a full ring buffer discards the event) and the
+//! strings are copied before they return.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+use pyo3::ffi::{freefunc, PyObject, Py_ssize_t};
+
+mod raw {
+    use super::*;
+    extern "C" {
+        pub fn pyust_tp_count() -> c_int;
+        pub fn pyust_tp_enabled() -> c_int;
+        pub fn pyust_tp_emit_call(
+            co_name: *const c_char,
+            co_qualname: *const c_char,
+            module: *const c_char,
+            co_filename: *const c_char,
+            co_firstlineno: i32,
+        );
+        pub fn pyust_tp_emit_return();
+        pub fn pyust_tp_emit_c_call(co_name: *const c_char, co_qualname: *const c_char);
+        pub fn pyust_tp_emit_c_return();
+        pub fn pyust_tp_emit_exception(
+            exc_type: *const c_char,
+            co_qualname: *const c_char,
+            lineno: i32,
+        );
+        pub fn pyust_tp_before_fork();
+        pub fn pyust_tp_after_fork_parent();
+        pub fn pyust_tp_after_fork_child();
+
+        // CPython's per-code-object scratch slots ("co_extra"), renamed in 3.12.
+        #[cfg(not(Py_3_12))]
+        #[link_name = "_PyEval_RequestCodeExtraIndex"]
+        pub fn request_code_extra_index(free: freefunc) -> Py_ssize_t;
+        #[cfg(Py_3_12)]
+        #[link_name = "PyUnstable_Eval_RequestCodeExtraIndex"]
+        pub fn request_code_extra_index(free: freefunc) -> Py_ssize_t;
+        #[cfg(not(Py_3_12))]
+        #[link_name = "_PyCode_GetExtra"]
+        pub fn code_get_extra(
+            code: *mut PyObject,
+            index: Py_ssize_t,
+            extra: *mut *mut c_void,
+        ) -> c_int;
+        #[cfg(Py_3_12)]
+        #[link_name = "PyUnstable_Code_GetExtra"]
+        pub fn code_get_extra(
+            code: *mut PyObject,
+            index: Py_ssize_t,
+            extra: *mut *mut c_void,
+        ) -> c_int;
+        #[cfg(not(Py_3_12))]
+        #[link_name = "_PyCode_SetExtra"]
+        pub fn code_set_extra(code: *mut PyObject, index: Py_ssize_t, extra: *mut c_void) -> c_int;
+        #[cfg(Py_3_12)]
+        #[link_name = "PyUnstable_Code_SetExtra"]
+        pub fn code_set_extra(code: *mut PyObject, index: Py_ssize_t, extra: *mut c_void) -> c_int;
+    }
+}
+
+/// Bits of [`enabled`]: which `python:*` events some session records.
+pub const EV_CALL: c_int = 1;
+pub const EV_RETURN: c_int = 2;
+pub const EV_C_CALL: c_int = 4;
+pub const EV_C_RETURN: c_int = 8;
+pub const EV_EXCEPTION: c_int = 16;
+
+/// How many `python:*` tracepoints this module defines (5 when the
+/// provider was linked in whole).
+pub fn tracepoint_count() -> c_int {
+    // SAFETY: reads two link-time addresses.
+    unsafe { raw::pyust_tp_count() }
+}
+
+/// Which events are enabled right now, as a mask of `EV_*` bits.
+#[inline]
+pub fn enabled() -> c_int {
+    // SAFETY: reads the tracepoints' enabled flags; no argument, no state.
+    unsafe { raw::pyust_tp_enabled() }
+}
+
+#[inline]
+pub fn emit_call(name: &CStr, qualname: &CStr, module: &CStr, filename: &CStr, firstlineno: i32) {
+    // SAFETY: all pointers are NUL-terminated strings borrowed for the call.
+    unsafe {
+        raw::pyust_tp_emit_call(
+            name.as_ptr(),
+            qualname.as_ptr(),
+            module.as_ptr(),
+            filename.as_ptr(),
+            firstlineno,
+        )
+    }
+}
+
+#[inline]
+pub fn emit_return() {
+    // SAFETY: no argument.
+    unsafe { raw::pyust_tp_emit_return() }
+}
+
+#[inline]
+pub fn emit_c_call(name: &CStr, qualname: &CStr) {
+    // SAFETY: both pointers are NUL-terminated strings borrowed for the call.
+    unsafe { raw::pyust_tp_emit_c_call(name.as_ptr(), qualname.as_ptr()) }
+}
+
+#[inline]
+pub fn emit_c_return() {
+    // SAFETY: no argument.
+    unsafe { raw::pyust_tp_emit_c_return() }
+}
+
+#[inline]
+pub fn emit_exception(exc_type: &CStr, qualname: &CStr, lineno: i32) {
+    // SAFETY: both pointers are NUL-terminated strings borrowed for the call.
+    unsafe { raw::pyust_tp_emit_exception(exc_type.as_ptr(), qualname.as_ptr(), lineno) }
+}
+
+/// LTTng-UST's fork protocol; Python's `os.register_at_fork` calls these.
+pub fn before_fork() {
+    // SAFETY: called by the forking thread just before fork(); paired below.
+    unsafe { raw::pyust_tp_before_fork() }
+}
+
+pub fn after_fork_parent() {
+    // SAFETY: called in the parent right after a fork that `before_fork` preceded.
+    unsafe { raw::pyust_tp_after_fork_parent() }
+}
+
+pub fn after_fork_child() {
+    // SAFETY: called in the child right after a fork that `before_fork` preceded.
+    unsafe { raw::pyust_tp_after_fork_child() }
+}
+
+/// Reserves a co_extra slot whose values `free` releases with their code object.
+/// Needs the GIL.
+pub unsafe fn request_code_extra_index(free: freefunc) -> Py_ssize_t {
+    raw::request_code_extra_index(free)
+}
+
+/// The co_extra value of `code` at `index`, or null. Needs the GIL; `code`
+/// must be a code object and `index` one from `request_code_extra_index`.
+#[inline]
+pub unsafe fn code_get_extra(code: *mut PyObject, index: Py_ssize_t) -> *mut c_void {
+    let mut extra = std::ptr::null_mut();
+    if raw::code_get_extra(code, index, &mut extra) != 0 {
+        pyo3::ffi::PyErr_Clear();
+        return std::ptr::null_mut();
+    }
+    extra
+}
+
+/// Stores `extra` in `code`'s co_extra slot; false when CPython refused
+/// (then the caller still owns `extra`). Same requirements as `code_get_extra`.
+pub unsafe fn code_set_extra(code: *mut PyObject, index: Py_ssize_t, extra: *mut c_void) -> bool {
+    if raw::code_set_extra(code, index, extra) != 0 {
+        pyo3::ffi::PyErr_Clear();
+        return false;
+    }
+    true
+}
+
+#[cfg(Py_3_12)]
+extern "C" {
+    /// Installs a profile (trace) function on every thread of the interpreter.
+    pub fn PyEval_SetProfileAllThreads(func: Option<pyo3::ffi::Py_tracefunc>, obj: *mut PyObject);
+    pub fn PyEval_SetTraceAllThreads(func: Option<pyo3::ffi::Py_tracefunc>, obj: *mut PyObject);
+}

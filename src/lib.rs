@@ -1,0 +1,184 @@
+//! pyust's native module `pyust._pyust`: the LTTng-UST provider `python`
+//! and the interpreter hook that feeds it. `python/pyust/` is the public
+//! surface; see SPEC.md for the event schema.
+
+mod ffi;
+mod hook;
+mod names;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyCode, PyDict};
+
+/// Start emitting `python:*` events, for every thread.
+#[pyfunction]
+#[pyo3(pass_module)]
+fn enable(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    hook::enable(m.py(), &m.getattr("_thread_start")?)
+}
+
+/// Stop emitting events, for every thread.
+#[pyfunction]
+fn disable(py: Python<'_>) -> PyResult<()> {
+    hook::disable(py)
+}
+
+/// Whether tracing is enabled.
+#[pyfunction]
+fn is_enabled() -> bool {
+    hook::is_enabled()
+}
+
+/// Whether some LTTng session currently records `python:call`.
+#[pyfunction]
+fn session_active() -> bool {
+    ffi::enabled() & ffi::EV_CALL != 0
+}
+
+/// Run `code` with `globals` as its namespace, traced (the launcher's body).
+#[pyfunction]
+#[pyo3(pass_module)]
+fn run(
+    m: &Bound<'_, PyModule>,
+    code: &Bound<'_, PyCode>,
+    globals: &Bound<'_, PyDict>,
+) -> PyResult<Py<PyAny>> {
+    hook::run(m.py(), code, globals.as_any(), &m.getattr("_thread_start")?)
+}
+
+/// `threading.setprofile` target: hooks a new thread at its first event.
+#[pyfunction]
+#[pyo3(signature = (frame, event, _arg=None))]
+fn _thread_start(frame: &Bound<'_, PyAny>, event: &str, _arg: Option<&Bound<'_, PyAny>>) {
+    hook::thread_start(frame, event)
+}
+
+/// `os.register_at_fork` callbacks: LTTng-UST's fork protocol, so a forked
+/// child traces under its own pid.
+#[pyfunction]
+fn _before_fork() {
+    ffi::before_fork()
+}
+
+#[pyfunction]
+fn _after_fork_parent() {
+    ffi::after_fork_parent()
+}
+
+#[pyfunction]
+fn _after_fork_child() {
+    ffi::after_fork_child()
+}
+
+/// `with pyust.tracing():` and `@pyust.tracing()`: trace a block or a
+/// function. Native, so that no frame of pyust shows in the trace.
+#[pyclass(module = "pyust")]
+struct Tracing {
+    was_enabled: bool,
+}
+
+#[pymethods]
+impl Tracing {
+    #[new]
+    fn new() -> Self {
+        Tracing { was_enabled: false }
+    }
+
+    fn __enter__(mut slf: PyRefMut<'_, Self>) -> PyResult<PyRefMut<'_, Self>> {
+        slf.was_enabled = hook::is_enabled();
+        let py = slf.py();
+        hook::enable(py, &thread_start(py)?)?;
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        if !self.was_enabled {
+            hook::disable(py)?;
+        }
+        Ok(false)
+    }
+
+    /// As a decorator: the function, traced whenever it runs.
+    fn __call__(&self, py: Python<'_>, func: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        let traced = Py::new(
+            py,
+            TracedFunction {
+                func: func.clone_ref(py),
+            },
+        )?;
+        let functools = py.import("functools")?;
+        functools.call_method1("update_wrapper", (traced.clone_ref(py), func))?;
+        Ok(traced.into_any())
+    }
+}
+
+/// A function decorated with `@pyust.tracing()`.
+#[pyclass(module = "pyust", dict)]
+struct TracedFunction {
+    func: Py<PyAny>,
+}
+
+#[pymethods]
+impl TracedFunction {
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, pyo3::types::PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let was_enabled = hook::is_enabled();
+        hook::enable(py, &thread_start(py)?)?;
+        let result = self.func.call(py, args, kwargs);
+        if !was_enabled {
+            hook::disable(py)?;
+        }
+        result
+    }
+
+    /// Binds like a plain function, so methods can be decorated.
+    fn __get__(
+        slf: Py<Self>,
+        py: Python<'_>,
+        obj: Option<Py<PyAny>>,
+        _owner: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        match obj {
+            Some(obj) if !obj.is_none(py) => Ok(py
+                .import("types")?
+                .getattr("MethodType")?
+                .call1((slf, obj))?
+                .unbind()),
+            _ => Ok(slf.into_any()),
+        }
+    }
+}
+
+fn thread_start(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    py.import("pyust._pyust")?.getattr("_thread_start")
+}
+
+#[pymodule]
+fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    hook::init(m.py());
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Number of `python:*` tracepoints linked in (5); also keeps them linked.
+    m.add("_tracepoints", ffi::tracepoint_count())?;
+    m.add_function(wrap_pyfunction!(enable, m)?)?;
+    m.add_function(wrap_pyfunction!(disable, m)?)?;
+    m.add_function(wrap_pyfunction!(is_enabled, m)?)?;
+    m.add_function(wrap_pyfunction!(session_active, m)?)?;
+    m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(_thread_start, m)?)?;
+    m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;
+    m.add_class::<Tracing>()?;
+    m.add_class::<TracedFunction>()?;
+    let classes = [
+        &m.py().get_type::<Tracing>(),
+        &m.py().get_type::<TracedFunction>(),
+    ];
+    hook::hide_module(m, &classes);
+    Ok(())
+}

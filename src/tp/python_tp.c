@@ -1,0 +1,93 @@
+/*
+ * Probes and definitions of the `python` provider, and the small C-ABI
+ * wrappers through which Rust emits each event (src/tp.rs declares them).
+ *
+ * Rust checks `pyust_tp_enabled()` before it extracts any string, then
+ * calls `pyust_tp_emit_*`, which record unconditionally: the strings are
+ * only built when some session listens.
+ */
+#define LTTNG_UST_TRACEPOINT_CREATE_PROBES
+#define LTTNG_UST_TRACEPOINT_DEFINE
+#include "python_tp.h"
+
+#include <signal.h>
+#include <lttng/ust-fork.h>
+
+/*
+ * The section listing this provider's tracepoints is found by LTTng-UST
+ * through weak __start_/__stop_ symbols, which do not keep it alive under
+ * the linker's --gc-sections (Rust links cdylibs with it). Rust calls this
+ * once at import: the strong reference keeps the section, and the result
+ * says whether the tracepoints are there.
+ */
+extern struct lttng_ust_tracepoint * const __start_lttng_ust_tracepoints_ptrs[];
+extern struct lttng_ust_tracepoint * const __stop_lttng_ust_tracepoints_ptrs[];
+
+int pyust_tp_count(void)
+{
+	return (int) (__stop_lttng_ust_tracepoints_ptrs
+		- __start_lttng_ust_tracepoints_ptrs);
+}
+
+/* Bit i set when event i (see PYUST_EV_* in src/tp.rs) is enabled. */
+int pyust_tp_enabled(void)
+{
+	return (lttng_ust_tracepoint_enabled(python, call) ? 1 : 0)
+		| (lttng_ust_tracepoint_enabled(python, return) ? 2 : 0)
+		| (lttng_ust_tracepoint_enabled(python, c_call) ? 4 : 0)
+		| (lttng_ust_tracepoint_enabled(python, c_return) ? 8 : 0)
+		| (lttng_ust_tracepoint_enabled(python, exception) ? 16 : 0);
+}
+
+void pyust_tp_emit_call(const char *co_name, const char *co_qualname,
+		const char *module, const char *co_filename,
+		int32_t co_firstlineno)
+{
+	lttng_ust_do_tracepoint(python, call, co_name, co_qualname, module,
+		co_filename, co_firstlineno);
+}
+
+void pyust_tp_emit_return(void)
+{
+	lttng_ust_do_tracepoint(python, return);
+}
+
+void pyust_tp_emit_c_call(const char *co_name, const char *co_qualname)
+{
+	lttng_ust_do_tracepoint(python, c_call, co_name, co_qualname);
+}
+
+void pyust_tp_emit_c_return(void)
+{
+	lttng_ust_do_tracepoint(python, c_return);
+}
+
+void pyust_tp_emit_exception(const char *exc_type, const char *co_qualname,
+		int32_t lineno)
+{
+	lttng_ust_do_tracepoint(python, exception, exc_type, co_qualname,
+		lineno);
+}
+
+/*
+ * LTTng-UST's fork protocol (what liblttng-ust-fork.so does by wrapping
+ * fork()): the child re-registers with the session daemon under its own
+ * pid. Python calls these through os.register_at_fork; one fork at a time
+ * runs per process (the GIL is held), so one saved mask suffices.
+ */
+static sigset_t pyust_fork_sigset;
+
+void pyust_tp_before_fork(void)
+{
+	lttng_ust_before_fork(&pyust_fork_sigset);
+}
+
+void pyust_tp_after_fork_parent(void)
+{
+	lttng_ust_after_fork_parent(&pyust_fork_sigset);
+}
+
+void pyust_tp_after_fork_child(void)
+{
+	lttng_ust_after_fork_child(&pyust_fork_sigset);
+}
