@@ -403,10 +403,10 @@ unsafe fn trace_event(frame: *mut ffi::PyFrameObject, what: c_int, arg: *mut ffi
                 let _ = frame.setattr(pyo3::intern!(py, "f_trace_lines"), false);
             });
         }
-        ffi::PyTrace_EXCEPTION => {
-            if ENABLED.load(Ordering::Relaxed) && tp::enabled() & tp::EV_EXCEPTION != 0 {
-                emit_exception(py, frame, arg);
-            }
+        ffi::PyTrace_EXCEPTION
+            if ENABLED.load(Ordering::Relaxed) && tp::enabled() & tp::EV_EXCEPTION != 0 =>
+        {
+            emit_exception(py, frame, arg);
         }
         _ => {}
     }
@@ -431,12 +431,14 @@ fn uninstall_current_thread() {
 }
 
 /// Starts tracing: the calling thread now, threads started later through
-/// `threading.setprofile`, and on 3.12+ every running thread.
+/// threading's profile hook, and on 3.12+ every running thread.
 pub fn enable(py: Python<'_>, thread_start: &Bound<'_, PyAny>) -> PyResult<()> {
-    GENERATION.fetch_add(1, Ordering::Relaxed);
+    if !ENABLED.load(Ordering::SeqCst) {
+        // Nesting restarts from here on every thread.
+        GENERATION.fetch_add(1, Ordering::Relaxed);
+    }
+    set_threading_hook(py, thread_start.as_any())?;
     ENABLED.store(true, Ordering::SeqCst);
-    let threading = py.import("threading")?;
-    threading.call_method1("setprofile", (thread_start,))?;
     #[cfg(Py_3_12)]
     // SAFETY: GIL held.
     unsafe {
@@ -451,9 +453,18 @@ pub fn enable(py: Python<'_>, thread_start: &Bound<'_, PyAny>) -> PyResult<()> {
 pub fn disable(py: Python<'_>) -> PyResult<()> {
     ENABLED.store(false, Ordering::SeqCst);
     uninstall_current_thread();
+    set_threading_hook(py, &py.None().into_bound(py))
+}
+
+/// What `threading.setprofile(hook)` does, without running Python code
+/// (which the hook, already installed, would report).
+fn set_threading_hook(py: Python<'_>, hook: &Bound<'_, PyAny>) -> PyResult<()> {
     let threading = py.import("threading")?;
-    threading.call_method1("setprofile", (py.None(),))?;
-    Ok(())
+    if threading.hasattr("_profile_hook")? {
+        threading.setattr("_profile_hook", hook)
+    } else {
+        threading.call_method1("setprofile", (hook,)).map(drop)
+    }
 }
 
 pub fn is_enabled() -> bool {

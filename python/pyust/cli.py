@@ -154,9 +154,9 @@ def load_target(target: Target) -> tuple[types.CodeType, dict[str, object]]:
 def _print_exception(exc: BaseException) -> None:
     """The traceback Python prints, without pyust's own frames."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+    while tb is not None and tb.tb_frame.f_globals.get("__name__") == __name__:
         tb = tb.tb_next
-    sys.excepthook(type(exc), exc, tb)
+    sys.excepthook(type(exc), exc.with_traceback(tb), tb)
 
 
 def exit_status(exc: SystemExit) -> int:
@@ -174,13 +174,13 @@ def run_traced(target: Target) -> int:
     """``pyust script.py``: run the target traced in this interpreter."""
     from . import _pyust
 
+    code, namespace = load_target(target)
     if not _pyust.session_active():
         print(
             "pyust: no LTTng session is recording python:* events; running the script "
             "anyway (see `pyust record`, or `lttng enable-event -u 'python:*'`)",
             file=sys.stderr,
         )
-    code, namespace = load_target(target)
     try:
         _pyust.run(code, namespace)
     except SystemExit as exc:
@@ -313,22 +313,37 @@ def record(argv: list[str]) -> int:
         created = True
         _check(
             _run_lttng(
-                lttng, "enable-channel", "--userspace", f"--session={session}",
-                f"--subbuf-size={SUBBUF_SIZE}", f"--num-subbuf={NUM_SUBBUF}", CHANNEL,
+                lttng,
+                "enable-channel",
+                "--userspace",
+                f"--session={session}",
+                f"--subbuf-size={SUBBUF_SIZE}",
+                f"--num-subbuf={NUM_SUBBUF}",
+                CHANNEL,
             ),
             "enable-channel",
         )
         _check(
             _run_lttng(
-                lttng, "enable-event", "--userspace", f"--session={session}",
-                f"--channel={CHANNEL}", "python:*",
+                lttng,
+                "enable-event",
+                "--userspace",
+                f"--session={session}",
+                f"--channel={CHANNEL}",
+                "python:*",
             ),
             "enable-event",
         )
         _check(
             _run_lttng(
-                lttng, "add-context", "--userspace", f"--session={session}",
-                f"--channel={CHANNEL}", "--type=vpid", "--type=vtid", "--type=procname",
+                lttng,
+                "add-context",
+                "--userspace",
+                f"--session={session}",
+                f"--channel={CHANNEL}",
+                "--type=vpid",
+                "--type=vtid",
+                "--type=procname",
             ),
             "add-context",
         )
@@ -363,9 +378,13 @@ def show(path: str) -> None:
     babeltrace = shutil.which("babeltrace2")
     if babeltrace is None:
         fail("viewing a trace needs babeltrace2 (apt-get install babeltrace2)")
-    proc = subprocess.run([babeltrace, path], stdin=subprocess.DEVNULL, check=False)
+    # The text goes straight to stdout (traces can be large); babeltrace2's
+    # own diagnostics are replaced by one line.
+    proc = subprocess.run(
+        [babeltrace, path], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
+    )
     if proc.returncode != 0:
-        fail(f"babeltrace2 cannot read {path}")
+        fail(f"babeltrace2 cannot read {path} (not an LTTng trace folder?)")
 
 
 def view(argv: list[str]) -> int:

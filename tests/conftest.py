@@ -1,0 +1,194 @@
+"""Test helpers: real LTTng sessions, real traces, parsed babeltrace2 text.
+
+Every test that records creates its own uniquely named session writing to
+its own folder, and keeps only the events of the process it started (by
+vpid), so other activity on the machine cannot pollute it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ROOT / "tests" / "scenarios"
+PYUST_DIR = Path(__import__("pyust").__file__).resolve().parent
+
+LINE_RE = re.compile(
+    r"^\[(?P<time>[^\]]+)\] \((?P<delta>[^)]+)\) (?P<host>\S+) "
+    r"(?P<event>[A-Za-z0-9_]+:[A-Za-z0-9_]+): (?P<rest>.*)$"
+)
+FIELD_RE = re.compile(r'(\w+) = ("(?:[^"\\]|\\.)*"|-?\d+)')
+_counter = itertools.count()
+
+
+@dataclass
+class Event:
+    name: str  # without the provider: "call", "return", ...
+    vpid: int
+    vtid: int
+    fields: dict[str, object] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> object:
+        return self.fields[key]
+
+    def short(self) -> str:
+        if self.name in ("call", "c_call"):
+            return f"{self.name} {self.fields['co_qualname']}"
+        if self.name == "exception":
+            return f"exception {self.fields['exc_type']}"
+        return self.name
+
+
+def _value(raw: str) -> object:
+    if raw.startswith('"'):
+        return bytes(raw[1:-1], "utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
+    return int(raw)
+
+
+def parse_trace(text: str) -> list[Event]:
+    """Every python:* event of babeltrace2's text, with its fields."""
+    events = []
+    for line in text.splitlines():
+        m = LINE_RE.match(line)
+        if not m or not m["event"].startswith("python:"):
+            continue
+        values = {k: _value(v) for k, v in FIELD_RE.findall(m["rest"])}
+        vpid = int(values.pop("vpid", -1))  # type: ignore[call-overload]
+        vtid = int(values.pop("vtid", -1))  # type: ignore[call-overload]
+        values.pop("cpu_id", None)
+        values.pop("procname", None)
+        events.append(Event(m["event"].split(":", 1)[1], vpid, vtid, values))
+    return events
+
+
+def babeltrace(path: Path) -> str:
+    proc = subprocess.run(["babeltrace2", str(path)], capture_output=True, text=True, check=True)
+    return proc.stdout
+
+
+def lttng(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["lttng", *args], capture_output=True, text=True, check=check)
+
+
+def check_nesting(events: list[Event]) -> None:
+    """call/return and c_call/c_return nest like parentheses on each thread."""
+    stacks: dict[int, list[str]] = {}
+    for ev in events:
+        stack = stacks.setdefault(ev.vtid, [])
+        if ev.name in ("call", "c_call"):
+            stack.append(ev.name)
+        elif ev.name in ("return", "c_return"):
+            opener = "call" if ev.name == "return" else "c_call"
+            assert stack, f"{ev.name} with nothing open on thread {ev.vtid}"
+            assert stack.pop() == opener, f"{ev.name} closes a {opener} mismatch"
+    for tid, stack in stacks.items():
+        assert not stack, f"thread {tid} left {stack} open"
+
+
+def check_no_pyust_frames(events: list[Event]) -> None:
+    for ev in events:
+        if ev.name == "call":
+            path = str(ev["co_filename"])
+            assert not path.startswith(str(PYUST_DIR)), f"pyust frame in trace: {ev}"
+        if ev.name == "c_call":
+            assert "_pyust" not in str(ev["co_qualname"]), f"pyust C call in trace: {ev}"
+
+
+@dataclass
+class Session:
+    name: str
+    output: Path
+    stopped: bool = False
+
+    def stop(self) -> list[Event]:
+        if not self.stopped:
+            lttng("stop", self.name)
+            self.stopped = True
+        return parse_trace(babeltrace(self.output))
+
+    def events_of(self, pid: int) -> list[Event]:
+        return [e for e in self.stop() if e.vpid == pid]
+
+
+@pytest.fixture(scope="session")
+def sessiond() -> None:
+    if shutil.which("lttng") is None or shutil.which("babeltrace2") is None:
+        pytest.fail("lttng-tools and babeltrace2 must be installed (see .ci/run)")
+    if lttng("list", check=False).returncode != 0:
+        subprocess.run(["lttng-sessiond", "--daemonize"], check=True)
+        lttng("list")
+
+
+def make_session(
+    tmp_path: Path, events: str = "python:*", filter_expr: str | None = None
+) -> Session:
+    name = f"pyust-test-{os.getpid()}-{next(_counter)}"
+    output = tmp_path / "trace"
+    lttng("create", name, f"--output={output}")
+    try:
+        args = ["enable-event", "--userspace", f"--session={name}", events]
+        if filter_expr:
+            args.append(f"--filter={filter_expr}")
+        lttng(*args)
+        lttng("add-context", "--userspace", f"--session={name}", "--type=vpid", "--type=vtid")
+        lttng("start", name)
+    except BaseException:
+        lttng("destroy", name, check=False)
+        raise
+    return Session(name, output)
+
+
+@pytest.fixture
+def session(sessiond: None, tmp_path: Path) -> Iterator[Session]:
+    s = make_session(tmp_path)
+    try:
+        yield s
+    finally:
+        lttng("destroy", s.name, check=False)
+
+
+def run_python(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run this interpreter with `args`, capturing text output."""
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def run_traced(
+    session: Session, script: Path, *args: str
+) -> tuple[subprocess.CompletedProcess[str], list[Event]]:
+    """`python -m pyust script args` under `session`; its events only."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyust", str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    out, err = proc.communicate(timeout=120)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return done, session.events_of(proc.pid)
+
+
+def write_script(tmp_path: Path, name: str, source: str) -> Path:
+    path = tmp_path / name
+    path.write_text(source)
+    return path

@@ -1,0 +1,151 @@
+"""The Python API (SPEC section 2), run in child interpreters under a session."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import Session, check_nesting, check_no_pyust_frames, run_python, write_script
+
+
+def run_script(session: Session, tmp_path: Path, source: str):
+    """Run `source` with plain `python` (the API does the tracing)."""
+    script = write_script(tmp_path, "prog.py", source)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return out, session.events_of(proc.pid), script
+
+
+def calls(events, script: Path) -> list[str]:
+    return [
+        str(e["co_qualname"])
+        for e in events
+        if e.name == "call" and e["co_filename"] == str(script)
+    ]
+
+
+def test_enable_disable_and_state(session: Session, tmp_path: Path) -> None:
+    out, events, script = run_script(
+        session,
+        tmp_path,
+        "import pyust\n"
+        "def before(): pass\n"
+        "def during(): len([])\n"
+        "def after(): pass\n"
+        "print(pyust.is_enabled(), pyust.session_active())\n"
+        "before()\n"
+        "pyust.enable(); pyust.enable()\n"
+        "during()\n"
+        "print(pyust.is_enabled())\n"
+        "pyust.disable(); pyust.disable()\n"
+        "after()\n"
+        "print(pyust.is_enabled())\n",
+    )
+    assert out.split() == ["False", "True", "True", "False"]
+    assert calls(events, script) == ["during"]
+    assert [e.short() for e in events] == [
+        "call during",
+        "c_call builtins.len",
+        "c_return",
+        "return",
+        "c_call builtins.print",
+        "c_return",
+    ]
+    check_no_pyust_frames(events)
+
+
+def test_tracing_context_manager_and_decorator(session: Session, tmp_path: Path) -> None:
+    out, events, script = run_script(
+        session,
+        tmp_path,
+        "import pyust\n"
+        "def inside(): pass\n"
+        "def outside(): pass\n"
+        "with pyust.tracing():\n"
+        "    inside()\n"
+        "outside()\n"
+        "@pyust.tracing()\n"
+        "def decorated(x):\n"
+        "    '''doc'''\n"
+        "    inside()\n"
+        "    return x * 2\n"
+        "class C:\n"
+        "    @pyust.tracing()\n"
+        "    def method(self):\n"
+        "        return self\n"
+        "print(decorated(21), decorated.__name__, decorated.__doc__, pyust.is_enabled())\n"
+        "c = C()\n"
+        "print(c.method() is c)\n",
+    )
+    assert out.split() == ["42", "decorated", "doc", "False", "True"]
+    assert calls(events, script) == ["inside", "decorated", "inside", "C.method"]
+    check_nesting(events)
+    check_no_pyust_frames(events)
+
+
+def test_prototype_api(session: Session, tmp_path: Path) -> None:
+    _, events, script = run_script(
+        session,
+        tmp_path,
+        "from pyust import api\ndef f(): pass\napi.enable_ust()\nf()\napi.disable_ust()\nf()\n",
+    )
+    assert calls(events, script) == ["f"]
+    check_no_pyust_frames(events)
+
+
+def test_threads_started_after_enable(session: Session, tmp_path: Path) -> None:
+    _, events, script = run_script(
+        session,
+        tmp_path,
+        "import threading, pyust\n"
+        "def work(): pass\n"
+        "pyust.enable()\n"
+        "ts = [threading.Thread(target=work) for _ in range(3)]\n"
+        "for t in ts: t.start()\n"
+        "for t in ts: t.join()\n"
+        "pyust.disable()\n"
+        "t = threading.Thread(target=work); t.start(); t.join()\n",
+    )
+    work = [e for e in events if e.name == "call" and e["co_qualname"] == "work"]
+    assert len(work) == 3
+    assert len({e.vtid for e in work}) == 3
+    check_nesting(events)
+
+
+def test_fork_child_traces_under_its_own_vpid(session: Session, tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "forks.py",
+        "import os, pyust\n"
+        "def in_parent(): pass\n"
+        "def in_child(): pass\n"
+        "pyust.enable()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    in_child()\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "in_parent()\n"
+        "print(pid)\n",
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    child = int(proc.stdout.strip())
+    all_events = session.stop()
+    parent_calls = calls([e for e in all_events if e.vpid != child], script)
+    child_calls = calls([e for e in all_events if e.vpid == child], script)
+    assert "in_parent" in parent_calls
+    assert child_calls == ["in_child"]
+
+
+def test_session_active_without_session(sessiond: None) -> None:
+    proc = run_python(
+        "-c", "import pyust; print(pyust.session_active(), pyust._pyust._tracepoints)"
+    )
+    assert proc.stdout.split() == ["False", "5"]

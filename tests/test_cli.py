@@ -1,0 +1,281 @@
+"""The command line (SPEC section 3): launcher, `record`, `view`, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import (
+    SCENARIOS,
+    Session,
+    babeltrace,
+    check_nesting,
+    check_no_pyust_frames,
+    lttng,
+    parse_trace,
+    run_python,
+    run_traced,
+    write_script,
+)
+
+
+def pyust_sessions() -> list[str]:
+    out = lttng("list").stdout
+    return [line for line in out.splitlines() if "pyust-" in line and "pyust-test-" not in line]
+
+
+# --- python -m pyust ---------------------------------------------------------
+
+
+def test_script_arguments_and_main_module(session: Session, tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "args.py",
+        "import sys, __main__\n"
+        "print(sys.argv, __name__, __main__.__file__ == __file__, sys.path[0])\n",
+    )
+    proc, events = run_traced(session, script, "a", "--b")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"['{script}', 'a', '--b'] __main__ True {tmp_path}"
+    assert events[0].short() == "call <module>"
+    assert events[-1].name == "return"
+    check_nesting(events)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "stderr_has"),
+    [
+        ("import sys\nsys.exit(3)\n", 3, None),
+        ("import sys\nsys.exit('bye')\n", 1, "bye"),
+        ("import sys\nsys.exit()\n", 0, None),
+        ("def f():\n    raise RuntimeError('boom')\nf()\n", 1, "RuntimeError: boom"),
+        ("raise KeyboardInterrupt\n", 130, "KeyboardInterrupt"),
+    ],
+)
+def test_exit_status_is_the_scripts(
+    session: Session, tmp_path: Path, body: str, status: int, stderr_has: str | None
+) -> None:
+    script = write_script(tmp_path, "exits.py", body)
+    proc, events = run_traced(session, script)
+    assert proc.returncode == status
+    if stderr_has:
+        assert stderr_has in proc.stderr
+    # The traceback is the script's: no frame of pyust in it.
+    assert "pyust" not in proc.stderr.replace(str(script), "")
+    check_nesting(events)
+    check_no_pyust_frames(events)
+    if status != 0:
+        assert events[-2].name == "exception"
+        assert events[-1].name == "return"
+
+
+def test_uncaught_exception_traceback_shows_script_frames(session: Session, tmp_path: Path) -> None:
+    script = write_script(tmp_path, "boom.py", "def inner():\n    1 / 0\ninner()\n")
+    proc, events = run_traced(session, script)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Traceback (most recent call last):\n")
+    assert f'File "{script}", line 3, in <module>' in proc.stderr
+    assert f'File "{script}", line 2, in inner' in proc.stderr
+    assert proc.stderr.rstrip().endswith("ZeroDivisionError: division by zero")
+    exc = [(e["exc_type"], e["co_qualname"]) for e in events if e.name == "exception"]
+    assert exc == [("ZeroDivisionError", "inner"), ("ZeroDivisionError", "<module>")]
+
+
+def test_module_mode(session: Session, tmp_path: Path) -> None:
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(
+        "import sys\ndef go():\n    print('pkg', sys.argv[1:])\ngo()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyust", "-m", "mypkg", "x"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.strip() == "pkg ['x']"
+    events = session.events_of(proc.pid)
+    calls = [(e["co_qualname"], e["module"]) for e in events if e.name == "call"]
+    assert calls[0] == ("<module>", "__main__")
+    assert ("go", "__main__") in calls
+    check_nesting(events)
+
+
+def test_warns_when_no_session_records(sessiond: None, tmp_path: Path) -> None:
+    proc = run_python("-m", "pyust", str(SCENARIOS / "foo.py"))
+    assert proc.returncode == 0
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("pyust: no LTTng session is recording python:* events")
+
+
+# --- bad input ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["missing.py"],
+        ["-m", "no_such_module_xyz"],
+        ["-m"],
+        ["--bogus"],
+        [],
+        ["view"],
+        ["view", "/no/such/trace"],
+        ["record", "missing.py"],
+        ["record", "-o"],
+        ["record", "--nope", "x.py"],
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(tmp_path: Path, args: list[str]) -> None:
+    proc = run_python("-m", "pyust", *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("pyust: ")
+
+
+def test_record_without_lttng_tools(tmp_path: Path) -> None:
+    env = dict(os.environ, PATH=str(tmp_path))
+    proc = run_python("-m", "pyust", "record", str(SCENARIOS / "foo.py"), env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "pyust: `record` needs the lttng command: install lttng-tools (apt-get install lttng-tools)"
+    )
+
+
+def test_unreadable_trace_folder(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_python("-m", "pyust", "view", str(empty))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"pyust: babeltrace2 cannot read {empty}")
+    assert len(proc.stderr.splitlines()) == 1
+
+
+def test_console_script_and_help() -> None:
+    exe = Path(sys.executable).parent / "pyust"
+    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("usage: pyust")
+    proc = run_python("-m", "pyust", "--version")
+    assert proc.stdout.startswith("pyust ")
+
+
+# --- pyust record ------------------------------------------------------------
+
+
+def test_record_view_foo(sessiond: None, tmp_path: Path) -> None:
+    out_dir = tmp_path / "foo-trace"
+    proc = run_python(
+        "-m", "pyust", "record", "-o", str(out_dir), "--view", str(SCENARIOS / "foo.py")
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().endswith(f"pyust: trace written to {out_dir}")
+    printed = parse_trace(proc.stdout)
+    assert [e.short() for e in printed] == [
+        "call <module>",
+        "call foo",
+        "call bar",
+        "call baz",
+        "return",
+        "return",
+        "return",
+        "return",
+    ]
+    # vpid/vtid/procname contexts are there, and the folder holds the trace.
+    assert "procname = " in proc.stdout
+    assert all(e.vpid > 0 and e.vtid > 0 for e in printed)
+    assert babeltrace(out_dir) == proc.stdout
+    view = run_python("-m", "pyust", "view", str(out_dir))
+    assert view.returncode == 0
+    assert view.stdout == proc.stdout
+    assert pyust_sessions() == []
+
+
+def test_record_default_folder(sessiond: None, tmp_path: Path) -> None:
+    proc = run_python("-m", "pyust", "record", str(SCENARIOS / "foo.py"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = (tmp_path / "pyust-traces").iterdir()
+    assert folder.name.startswith("foo-")
+    assert str(folder) in proc.stderr
+    assert len(parse_trace(babeltrace(folder))) == 8
+
+
+def test_record_failing_script_keeps_status_and_trace(sessiond: None, tmp_path: Path) -> None:
+    script = write_script(tmp_path, "fails.py", "def f():\n    raise SystemExit(7)\nf()\n")
+    out_dir = tmp_path / "t"
+    proc = run_python("-m", "pyust", "record", "-o", str(out_dir), str(script))
+    assert proc.returncode == 7
+    events = parse_trace(babeltrace(out_dir))
+    check_nesting(events)
+    assert [e.short() for e in events][-3:] == ["exception SystemExit", "return", "return"][
+        -3:
+    ] or [e.short() for e in events][-4:] == [
+        "exception SystemExit",
+        "return",
+        "exception SystemExit",
+        "return",
+    ]
+    assert pyust_sessions() == []
+
+
+def test_record_interrupted_leaves_complete_trace(sessiond: None, tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "sleeper.py",
+        "import time\ndef nap():\n    while True:\n        time.sleep(0.05)\n"
+        "print('ready', flush=True)\nnap()\n",
+    )
+    out_dir = tmp_path / "t"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyust", "record", "-o", str(out_dir), str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C does: the whole group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "KeyboardInterrupt" in err
+    events = parse_trace(babeltrace(out_dir))
+    check_nesting(events)
+    assert events[-1].name == "return"
+    assert any(e.name == "exception" and e["exc_type"] == "KeyboardInterrupt" for e in events)
+    assert pyust_sessions() == []
+
+
+def test_record_script_named_like_a_subcommand(sessiond: None, tmp_path: Path) -> None:
+    write_script(tmp_path, "record", "print('the script ran')\n")
+    proc = run_python("-m", "pyust", "--", "record", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "the script ran"
+
+
+def test_no_pyust_frame_under_record(sessiond: None, tmp_path: Path) -> None:
+    out_dir = tmp_path / "t"
+    proc = run_python("-m", "pyust", "record", "-o", str(out_dir), str(SCENARIOS / "thread.py"))
+    assert proc.returncode == 0
+    events = parse_trace(babeltrace(out_dir))
+    check_no_pyust_frames(events)
+    check_nesting(events)
+
+
+def test_launcher_under_manual_session_only_sees_its_process(session: Session) -> None:
+    proc, events = run_traced(session, SCENARIOS / "foo.py")
+    assert proc.returncode == 0
+    assert {e.vpid for e in events} == {events[0].vpid}
