@@ -119,8 +119,76 @@ unsafe extern "C" fn free_code_info(info: *mut c_void) {
     }
 }
 
-/// Reserves the co_extra slot; called once at module import.
-pub fn init(_py: Python<'_>) {
+/// Where two fields of CPython's frame object sit, on this interpreter.
+/// `PyFrameObject` is opaque to extensions; its layout is stable within a
+/// minor version, and `init` checks these offsets against the fields'
+/// Python-level values before any are used (otherwise: the slow, generic
+/// attribute path).
+struct FrameLayout {
+    /// `char f_trace_lines`: per-line trace events wanted.
+    trace_lines: Option<usize>,
+    /// `PyObject *f_globals` (before 3.11, which has `PyFrame_GetGlobals`).
+    #[cfg_attr(Py_3_11, allow(dead_code))]
+    globals: Option<usize>,
+}
+
+static LAYOUT: std::sync::OnceLock<FrameLayout> = std::sync::OnceLock::new();
+
+/// Whether the frame fields are reached directly (the layout check passed).
+pub fn direct_frame_access() -> bool {
+    LAYOUT
+        .get()
+        .is_some_and(|l| l.trace_lines.is_some() && (cfg!(Py_3_11) || l.globals.is_some()))
+}
+
+#[cfg(all(target_pointer_width = "64", Py_3_11))]
+const TRACE_LINES_OFFSET: usize = 44;
+#[cfg(all(target_pointer_width = "64", Py_3_10, not(Py_3_11)))]
+const TRACE_LINES_OFFSET: usize = 84;
+#[cfg(all(target_pointer_width = "64", not(Py_3_10)))]
+const TRACE_LINES_OFFSET: usize = 88;
+#[cfg(not(target_pointer_width = "64"))]
+const TRACE_LINES_OFFSET: usize = usize::MAX;
+const GLOBALS_OFFSET: usize = 48;
+
+fn check_layout(py: Python<'_>) -> PyResult<FrameLayout> {
+    let frame = py.import("sys")?.call_method1("_getframe", (0,))?;
+    let raw = frame.as_ptr().cast::<u8>();
+    let trace_lines = if TRACE_LINES_OFFSET == usize::MAX {
+        None
+    } else {
+        // SAFETY: reads one byte inside the frame object, whose size is at
+        // least the offset plus one on this interpreter version.
+        let read = || unsafe { *raw.add(TRACE_LINES_OFFSET) };
+        let attr = pyo3::intern!(py, "f_trace_lines");
+        let before: bool = frame.getattr(attr)?.extract()?;
+        frame.setattr(attr, !before)?;
+        let flipped = read();
+        frame.setattr(attr, before)?;
+        (flipped == u8::from(!before) && read() == u8::from(before)).then_some(TRACE_LINES_OFFSET)
+    };
+    let globals = if cfg!(Py_3_11) {
+        None
+    } else {
+        // SAFETY: reads one pointer inside the frame object (see above).
+        let field = unsafe { *raw.add(GLOBALS_OFFSET).cast::<*mut ffi::PyObject>() };
+        (field == frame.getattr("f_globals")?.as_ptr()).then_some(GLOBALS_OFFSET)
+    };
+    Ok(FrameLayout {
+        trace_lines,
+        globals,
+    })
+}
+
+/// Reserves the co_extra slot and checks the frame layout; called once at
+/// module import.
+pub fn init(py: Python<'_>) {
+    LAYOUT.get_or_init(|| {
+        check_layout(py).unwrap_or(FrameLayout {
+            trace_lines: None,
+            globals: None,
+        })
+    });
     if CODE_EXTRA.load(Ordering::Relaxed) < 0 {
         // SAFETY: the GIL is held (`_py`); the free function matches the slot.
         let index = unsafe { tp::request_code_extra_index(free_code_info) };
@@ -197,7 +265,11 @@ unsafe fn release_globals(globals: *mut ffi::PyObject) {
 }
 #[cfg(not(Py_3_11))]
 unsafe fn frame_globals(frame: *mut ffi::PyFrameObject) -> *mut ffi::PyObject {
-    (*frame).f_globals // borrowed
+    match LAYOUT.get().and_then(|l| l.globals) {
+        // The frame's f_globals field (borrowed), at an offset checked at import.
+        Some(offset) => *frame.cast::<u8>().add(offset).cast::<*mut ffi::PyObject>(),
+        None => std::ptr::null_mut(),
+    }
 }
 #[cfg(not(Py_3_11))]
 unsafe fn release_globals(_globals: *mut ffi::PyObject) {}
@@ -397,12 +469,14 @@ unsafe extern "C" fn trace_hook(
 unsafe fn trace_event(frame: *mut ffi::PyFrameObject, what: c_int, arg: *mut ffi::PyObject) {
     let py = Python::assume_attached();
     match what {
-        ffi::PyTrace_CALL | ffi::PyTrace_LINE => {
-            names::preserving_error(py, || {
+        ffi::PyTrace_CALL | ffi::PyTrace_LINE => match LAYOUT.get().and_then(|l| l.trace_lines) {
+            // SAFETY: the offset of the frame's f_trace_lines flag, checked at import.
+            Some(offset) => *frame.cast::<u8>().add(offset) = 0,
+            None => names::preserving_error(py, || {
                 let frame = Bound::from_borrowed_ptr(py, frame.cast());
                 let _ = frame.setattr(pyo3::intern!(py, "f_trace_lines"), false);
-            });
-        }
+            }),
+        },
         ffi::PyTrace_EXCEPTION
             if ENABLED.load(Ordering::Relaxed) && tp::enabled() & tp::EV_EXCEPTION != 0 =>
         {

@@ -164,6 +164,8 @@ fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // Number of `python:*` tracepoints linked in (5); also keeps them linked.
     m.add("_tracepoints", ffi::tracepoint_count())?;
+    // Whether this interpreter's frame layout passed the check (fast path).
+    m.add("_direct_frame_access", hook::direct_frame_access())?;
     m.add_function(wrap_pyfunction!(enable, m)?)?;
     m.add_function(wrap_pyfunction!(disable, m)?)?;
     m.add_function(wrap_pyfunction!(is_enabled, m)?)?;

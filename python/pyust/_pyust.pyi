@@ -24,3 +24,4 @@ class TracedFunction:
     def __get__(self, obj: Any, owner: Any = None) -> Any: ...
 
 _tracepoints: int
+_direct_frame_access: bool
