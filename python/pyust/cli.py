@@ -48,8 +48,25 @@ python:c_call, python:c_return, python:exception).
 # The channel `pyust record` creates: large sub-buffers so bursts of calls
 # fit; when they overflow LTTng discards events and `record` says how many.
 CHANNEL = "pyust"
-SUBBUF_SIZE = "4M"
-NUM_SUBBUF = "8"
+NUM_SUBBUF = 8
+MAX_SUBBUF = 4 << 20
+MIN_SUBBUF = 64 << 10
+
+
+def subbuf_size() -> int:
+    """The largest sub-buffer size (up to 4 MiB) whose per-CPU ring buffers
+    take at most half of /dev/shm's free space, where LTTng-UST keeps them
+    (containers often have only 64 MiB there)."""
+    try:
+        st = os.statvfs("/dev/shm")
+        budget = st.f_bavail * st.f_frsize // 2
+    except OSError:
+        return MAX_SUBBUF
+    cpus = os.cpu_count() or 1
+    size = MAX_SUBBUF
+    while size > MIN_SUBBUF and cpus * NUM_SUBBUF * size > budget:
+        size //= 2
+    return size
 
 
 class UsageError(Exception):
@@ -317,7 +334,7 @@ def record(argv: list[str]) -> int:
                 "enable-channel",
                 "--userspace",
                 f"--session={session}",
-                f"--subbuf-size={SUBBUF_SIZE}",
+                f"--subbuf-size={subbuf_size()}",
                 f"--num-subbuf={NUM_SUBBUF}",
                 CHANNEL,
             ),

@@ -17,6 +17,10 @@ pub fn shell() -> Result<Shell> {
     Ok(sh)
 }
 
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
 /// Whether `program` is on PATH.
 pub fn have(program: &str) -> bool {
     std::env::var_os("PATH")
@@ -114,8 +118,21 @@ pub fn ci(sh: &Shell) -> Result<()> {
     crate::e2e::E2e {
         local: true,
         python: Some(python),
+        base: None,
     }
     .run(sh)?;
+
+    step("base image (debootstrap)");
+    let base = crate::docker::base_image(sh, crate::docker::DEFAULT_SUITE, false)?;
+    step("e2e in the container");
+    crate::e2e::E2e {
+        local: false,
+        python: None,
+        base: Some(base.clone()),
+    }
+    .run(sh)?;
+    step("devcontainer: up, then e2e --local inside");
+    crate::devcontainer::check(sh, &base)?;
     eprintln!("\nxtask: ci passed");
     Ok(())
 }

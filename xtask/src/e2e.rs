@@ -1,20 +1,23 @@
 //! `cargo xtask e2e`: records every scenario under tests/scenarios/ with
-//! `pyust record --view` under a live session daemon, normalizes the text
-//! (see normalize.rs) and compares it with the insta snapshot of the same
-//! name in xtask/src/snapshots/.
+//! `pyust record --view` under a live session daemon — in a container of
+//! the pyust image (default), or on this machine (`--local`) — normalizes
+//! the text (see normalize.rs) and compares it with the insta snapshot of
+//! the same name in xtask/src/snapshots/. Both runs share the snapshots.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::common;
 use crate::normalize::normalize;
+use crate::{common, docker};
 
 pub struct E2e {
     pub local: bool,
     /// The interpreter that has pyust installed (local runs).
     pub python: Option<PathBuf>,
+    /// BASE_IMAGE of the image (container runs).
+    pub base: Option<String>,
 }
 
 impl E2e {
@@ -22,6 +25,7 @@ impl E2e {
         let mut e2e = E2e {
             local: false,
             python: None,
+            base: None,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -30,37 +34,63 @@ impl E2e {
                 "--python" => {
                     e2e.python = Some(args.next().context("--python needs a path")?.into())
                 }
+                "--base" => e2e.base = Some(args.next().context("--base needs an image")?.clone()),
                 other => bail!("unknown e2e option {other:?}"),
             }
-        }
-        if !e2e.local {
-            bail!("only `cargo xtask e2e --local` exists so far");
         }
         Ok(e2e)
     }
 
     pub fn run(self, sh: &Shell) -> Result<()> {
-        common::ensure_sessiond(sh)?;
-        let python = match self.python {
-            Some(python) => python,
-            None => common::python_env(sh, "python3")?,
+        type Recorder<'a> = Box<dyn Fn(&Path, &str) -> Result<String> + 'a>;
+        let record: Recorder<'_> = if self.local {
+            common::ensure_sessiond(sh)?;
+            let python = match self.python {
+                Some(python) => python,
+                None => common::python_env(sh, "python3")?,
+            };
+            let traces = sh.current_dir().join("target").join("e2e-traces");
+            Box::new(move |scenario: &Path, name: &str| {
+                let out_dir = traces.join(name);
+                if out_dir.exists() {
+                    sh.remove_path(&out_dir)?;
+                }
+                Ok(cmd!(
+                    sh,
+                    "{python} -m pyust record -o {out_dir} --view {scenario}"
+                )
+                .quiet()
+                .ignore_stderr()
+                .read()?)
+            })
+        } else {
+            docker::ensure_daemon(sh)?;
+            let base = self.base.unwrap_or_else(|| docker::DEFAULT_BASE.to_owned());
+            if !docker::available(sh, &base) {
+                bail!(
+                    "base image {base} cannot be pulled here; build a local one with \
+                     `cargo xtask base-image` and pass `--base {}`",
+                    docker::local_base(docker::DEFAULT_SUITE)
+                );
+            }
+            let tag = format!(
+                "pyust-e2e:{}",
+                base.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "-")
+            );
+            docker::build(sh, &base, "runtime", &tag)?;
+            // The image ships the scenarios in its working folder.
+            Box::new(move |_scenario: &Path, name: &str| {
+                let file = format!("{name}.py");
+                Ok(cmd!(sh, "docker run --rm {tag} {file}")
+                    .quiet()
+                    .ignore_stderr()
+                    .read()?)
+            })
         };
-        let traces = sh.current_dir().join("target").join("e2e-traces");
         let mut failed = Vec::new();
         for scenario in scenarios(sh)? {
             let name = stem(&scenario);
-            let out_dir = traces.join(&name);
-            if out_dir.exists() {
-                sh.remove_path(&out_dir)?;
-            }
-            let text = cmd!(
-                sh,
-                "{python} -m pyust record -o {out_dir} --view {scenario}"
-            )
-            .quiet()
-            .ignore_stderr()
-            .read()
-            .with_context(|| format!("recording {name}"))?;
+            let text = record(&scenario, &name).with_context(|| format!("recording {name}"))?;
             let normalized = normalize(&text, &format!("{name}.py"));
             if check_snapshot(&name, &normalized).is_err() {
                 failed.push(name.clone());

@@ -1,23 +1,38 @@
 //! `cargo xtask <task>`: pyust's developer tasks (see README.md).
 //!
+//!   demo [script.py]               the main job: trace a script in the image
 //!   e2e [--local] [--base IMAGE]   record the scenarios, compare with snapshots
+//!   base-image [--suite S]         a local Debian base image (debootstrap)
 //!   ci                             everything CI checks
 
 mod common;
+mod demo;
+mod devcontainer;
+mod docker;
 mod e2e;
 mod normalize;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  e2e [--local]     record tests/scenarios/*.py under a live session daemon
-                    and compare the normalized traces with the snapshots in
-                    xtask/src/snapshots (accept changes: cargo insta review)
+  demo [script.py]  build the pyust image if missing (from a local Debian
+                    base when ubuntu:24.04 cannot be pulled) and print the
+                    trace of `docker run --rm pyust script.py` (foo.py)
+  e2e [--local] [--base IMAGE]
+                    record tests/scenarios/*.py under a live session daemon,
+                    in a container of the image (BASE_IMAGE=IMAGE, default
+                    ubuntu:24.04) or on this machine (--local), and compare
+                    the normalized traces with xtask/src/snapshots
+                    (accept changes: cargo insta review)
+  base-image [--suite SUITE] [--force]
+                    debootstrap a minimal Debian (default trixie) into the
+                    local image local/debian:SUITE
   ci                everything CI checks: fmt, clippy, cargo test, ruff,
-                    pytest, e2e --local
+                    pytest, e2e --local, base-image, e2e in the container,
+                    the devcontainer
 ";
 
 fn main() {
@@ -36,6 +51,24 @@ fn run() -> Result<()> {
     };
     match task.as_str() {
         "e2e" => e2e::E2e::parse(rest)?.run(&sh),
+        "demo" => match rest {
+            [] => demo::run(&sh, None),
+            [script] => demo::run(&sh, Some(script)),
+            _ => bail!("usage: cargo xtask demo [script.py]"),
+        },
+        "base-image" => {
+            let mut suite = docker::DEFAULT_SUITE.to_owned();
+            let mut force = false;
+            let mut args = rest.iter();
+            while let Some(arg) = args.next() {
+                match arg.as_str() {
+                    "--suite" => suite = args.next().context("--suite needs a name")?.clone(),
+                    "--force" => force = true,
+                    other => bail!("unknown base-image option {other:?}"),
+                }
+            }
+            docker::base_image(&sh, &suite, force).map(drop)
+        }
         "ci" => {
             if !rest.is_empty() {
                 bail!("ci takes no options");

@@ -1,0 +1,202 @@
+//! Docker: the daemon, images, and the local Debian base (`base-image`).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::common::{have, in_ci};
+
+/// The image the Dockerfile defaults to.
+pub const DEFAULT_BASE: &str = "ubuntu:24.04";
+/// The suite `base-image` bootstraps by default.
+pub const DEFAULT_SUITE: &str = "trixie";
+
+pub fn local_base(suite: &str) -> String {
+    format!("local/debian:{suite}")
+}
+
+fn daemon_answers(sh: &Shell) -> bool {
+    cmd!(sh, "docker info")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_ok()
+}
+
+/// Makes sure a Docker daemon answers. Under CI=true it installs docker.io
+/// and starts `dockerd` when needed; elsewhere it says what to run.
+pub fn ensure_daemon(sh: &Shell) -> Result<()> {
+    if !have("docker") {
+        if !in_ci() {
+            bail!("no docker client: install Docker (e.g. apt-get install docker.io)");
+        }
+        apt_install(sh, &["docker.io"])?;
+    }
+    if daemon_answers(sh) {
+        return Ok(());
+    }
+    if !in_ci() {
+        bail!(
+            "no Docker daemon answers; start one (as root: `dockerd > /var/log/dockerd.log 2>&1 &`, \
+             or `systemctl start docker`) and run this again"
+        );
+    }
+    if !have("dockerd") {
+        apt_install(sh, &["docker.io"])?;
+    }
+    eprintln!("xtask: starting dockerd");
+    let log = std::fs::File::create(sh.current_dir().join("target").join("dockerd.log"))
+        .or_else(|_| std::fs::File::create("/tmp/pyust-dockerd.log"))?;
+    Command::new("dockerd")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting dockerd")?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if daemon_answers(sh) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!("dockerd started but does not answer after 60 s (see target/dockerd.log)")
+}
+
+pub fn apt_install(sh: &Shell, packages: &[&str]) -> Result<()> {
+    eprintln!("xtask: apt-get install {}", packages.join(" "));
+    cmd!(sh, "apt-get update -qq").quiet().run()?;
+    cmd!(
+        sh,
+        "apt-get install -y -qq --no-install-recommends {packages...}"
+    )
+    .env("DEBIAN_FRONTEND", "noninteractive")
+    .quiet()
+    .ignore_stdout()
+    .run()?;
+    Ok(())
+}
+
+pub fn image_exists(sh: &Shell, image: &str) -> bool {
+    cmd!(sh, "docker image inspect {image}")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_ok()
+}
+
+/// Whether `image` is here or can be pulled.
+pub fn available(sh: &Shell, image: &str) -> bool {
+    image_exists(sh, image)
+        || cmd!(sh, "docker pull -q {image}")
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run()
+            .is_ok()
+}
+
+/// Certificates this machine trusts beyond the system's (a TLS-intercepting
+/// proxy's), so builds in containers reach PyPI and crates.io here too.
+pub fn extra_ca_certs() -> String {
+    let mut pem = String::new();
+    if let Ok(entries) = std::fs::read_dir("/usr/local/share/ca-certificates") {
+        let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            if path.extension().is_some_and(|e| e == "crt") {
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    pem.push_str(&text);
+                }
+            }
+        }
+    }
+    pem
+}
+
+/// `docker build --target <target> -t <tag>` with BASE_IMAGE = `base`.
+pub fn build(sh: &Shell, base: &str, target: &str, tag: &str) -> Result<()> {
+    let base_arg = format!("BASE_IMAGE={base}");
+    let ca_arg = format!("EXTRA_CA_CERTS={}", extra_ca_certs());
+    eprintln!("xtask: docker build --target {target} -t {tag} (BASE_IMAGE={base})");
+    cmd!(
+        sh,
+        "docker build --network host --build-arg {base_arg} --build-arg {ca_arg} --target {target} -t {tag} ."
+    )
+    .quiet()
+    .run()
+    .with_context(|| format!("building {tag} from {base}"))
+}
+
+/// `cargo xtask base-image [--suite SUITE]`: a minimal Debian, bootstrapped
+/// with debootstrap from Debian's mirror, imported as `local/debian:SUITE`.
+pub fn base_image(sh: &Shell, suite: &str, force: bool) -> Result<String> {
+    let image = local_base(suite);
+    ensure_daemon(sh)?;
+    if !force && image_exists(sh, &image) {
+        eprintln!("xtask: {image} exists (--force rebuilds it)");
+        return Ok(image);
+    }
+    if !have("debootstrap") {
+        if !in_ci() {
+            bail!("debootstrap is not installed: apt-get install debootstrap");
+        }
+        apt_install(sh, &["debootstrap"])?;
+    }
+    let rootfs = sh
+        .current_dir()
+        .join("target")
+        .join(format!("rootfs-{suite}"));
+    if rootfs.exists() {
+        sh.remove_path(&rootfs)?;
+    }
+    let mirror =
+        std::env::var("DEBIAN_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".into());
+    eprintln!("xtask: debootstrap {suite} from {mirror} (about a minute)");
+    cmd!(
+        sh,
+        "debootstrap --variant=minbase --include=ca-certificates {suite} {rootfs} {mirror}"
+    )
+    .quiet()
+    .ignore_stdout()
+    .run()
+    .context("debootstrap failed")?;
+    for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+        let path = rootfs.join(dir);
+        for entry in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+            if entry.path().is_file() {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+    }
+    import(&rootfs, &image)?;
+    sh.remove_path(&rootfs)?;
+    eprintln!("xtask: built {image}");
+    Ok(image)
+}
+
+/// `tar -C rootfs -c . | docker import - image`
+fn import(rootfs: &Path, image: &str) -> Result<()> {
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(rootfs)
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running tar")?;
+    let status = Command::new("docker")
+        .args(["import", "-", image])
+        .stdin(tar.stdout.take().context("tar's output")?)
+        .stdout(Stdio::null())
+        .status()
+        .context("running docker import")?;
+    if !tar.wait()?.success() || !status.success() {
+        bail!("importing {} as {image} failed", rootfs.display());
+    }
+    Ok(())
+}
