@@ -6,7 +6,10 @@ def countdown(n):
 
 def outer():
     def inner(values):
-        return [v * 2 for v in values]
+        doubled = []
+        for v in values:
+            doubled.append(v * 2)
+        return doubled
     return inner(countdown(2))
 
 
