@@ -78,6 +78,7 @@ impl E2e {
                 base.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "-")
             );
             docker::build(sh, &base, "runtime", &tag)?;
+            check_failing_script(sh, &tag)?;
             // The image ships the scenarios in its working folder.
             Box::new(move |_scenario: &Path, name: &str| {
                 let file = format!("{name}.py");
@@ -107,6 +108,60 @@ impl E2e {
         }
         Ok(())
     }
+}
+
+/// A user's failing script in a mounted folder, run as the calling user:
+/// its exit status comes back, its trace is still printed, and the trace
+/// folder is left in the mounted folder, owned by that user.
+fn check_failing_script(sh: &Shell, tag: &str) -> Result<()> {
+    let dir = sh.create_temp_dir()?;
+    let work = dir.path();
+    std::fs::write(
+        work.join("fails.py"),
+        "import sys\n\ndef main():\n    sys.exit(3)\n\nmain()\n",
+    )?;
+    let uid = cmd!(sh, "id -u").quiet().read()?;
+    let gid = cmd!(sh, "id -g").quiet().read()?;
+    // A user other than root when we are root: the mount must suit it.
+    let (uid, gid) = if uid == "0" {
+        cmd!(sh, "chown 4321:4321 {work}").quiet().run()?;
+        ("4321".to_owned(), "4321".to_owned())
+    } else {
+        (uid, gid)
+    };
+    let mount = format!("{}:/work", work.display());
+    let user = format!("{uid}:{gid}");
+    let out = std::process::Command::new("docker")
+        .args([
+            "run", "--rm", "-v", &mount, "--user", &user, tag, "fails.py",
+        ])
+        .output()
+        .context("docker run")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let status = out.status.code();
+    if status != Some(3) {
+        bail!("e2e: a script exiting with 3 gave status {status:?} in the container");
+    }
+    if !text.contains("exc_type = \"SystemExit\"") || !text.contains("co_name = \"main\"") {
+        bail!("e2e: the failing script's trace was not printed:\n{text}");
+    }
+    let traces: Vec<_> = std::fs::read_dir(work.join("pyust-traces"))
+        .context("no pyust-traces folder in the mounted folder")?
+        .flatten()
+        .collect();
+    let owner = cmd!(sh, "stat -c %u:%g {work}/pyust-traces")
+        .quiet()
+        .read()?;
+    if traces.len() != 1 || owner != user {
+        bail!(
+            "e2e: trace folder in the mount: {} entries, owner {owner} (want 1, {user})",
+            traces.len()
+        );
+    }
+    eprintln!(
+        "e2e: a failing user script (mounted, --user {user}): status 3, trace printed and kept"
+    );
+    Ok(())
 }
 
 pub fn scenarios(sh: &Shell) -> Result<Vec<PathBuf>> {
