@@ -166,10 +166,3 @@ pub unsafe fn code_set_extra(code: *mut PyObject, index: Py_ssize_t, extra: *mut
     }
     true
 }
-
-#[cfg(Py_3_12)]
-extern "C" {
-    /// Installs a profile (trace) function on every thread of the interpreter.
-    pub fn PyEval_SetProfileAllThreads(func: Option<pyo3::ffi::Py_tracefunc>, obj: *mut PyObject);
-    pub fn PyEval_SetTraceAllThreads(func: Option<pyo3::ffi::Py_tracefunc>, obj: *mut PyObject);
-}

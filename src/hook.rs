@@ -1,11 +1,17 @@
-//! The interpreter hook: C-ABI callbacks installed with CPython's C API
-//! (`PyEval_SetProfile` for calls, returns and C calls; `PyEval_SetTrace`
-//! for exceptions, with per-line events switched off frame by frame).
+//! What both backends share: tracing state, per-thread nesting, the names
+//! cached per code object (co_extra) and per C function, and the emitters
+//! that turn interpreter objects into `python:*` events.
 //!
-//! Hot path: one read of LTTng's enabled flags, then, only for an enabled
-//! event, strings cached on the code object (co_extra) or per C function.
-//! A callback never unwinds into CPython, never raises and never leaves or
-//! clears an exception: it returns 0 whatever happens.
+//! The backend is `sys.monitoring` (PEP 669) on CPython 3.12+ (`monitor.rs`)
+//! and a C profile + trace function before (`profile.rs`). Either way the
+//! hot path is one read of LTTng's enabled flags, then, only for an enabled
+//! event, cached strings. A callback never unwinds into CPython, never
+//! raises and never leaves or clears an exception.
+
+#[cfg(Py_3_12)]
+use crate::monitor as backend;
+#[cfg(not(Py_3_12))]
+use crate::profile as backend;
 
 use std::cell::{Cell, UnsafeCell};
 use std::collections::HashMap;
@@ -15,7 +21,7 @@ use std::sync::Mutex;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyCode, PyTuple, PyType};
+use pyo3::types::{PyCode, PyType};
 
 use crate::ffi as tp;
 use crate::names;
@@ -42,7 +48,7 @@ pub fn hide_module(module: &Bound<'_, pyo3::types::PyModule>, classes: &[&Bound<
 /// Whether `func` (a C_CALL/C_RETURN argument) is one of pyust's own.
 ///
 /// SAFETY: GIL held; `func` live.
-unsafe fn is_own(func: *mut ffi::PyObject) -> bool {
+pub unsafe fn is_own(func: *mut ffi::PyObject) -> bool {
     if func.is_null() || ffi::PyCFunction_Check(func) == 0 {
         return false;
     }
@@ -58,7 +64,7 @@ unsafe fn is_own(func: *mut ffi::PyObject) -> bool {
 }
 
 /// Whether `enable()` is in force. Threads whose hook sees it false remove it.
-static ENABLED: AtomicBool = AtomicBool::new(false);
+pub static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Bumped by every `enable()`, so per-thread nesting restarts from zero.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// The co_extra slot holding each code object's `CodeInfo`; -1 before init.
@@ -68,17 +74,17 @@ static CODE_EXTRA: AtomicIsize = AtomicIsize::new(-1);
 /// `return` is only emitted for a `call` that was (frames already running
 /// when tracing started close without a trace).
 #[derive(Clone, Copy, Default)]
-struct Depth {
+pub struct Depth {
     generation: u64,
-    frames: u32,
-    c_calls: u32,
+    pub frames: u32,
+    pub c_calls: u32,
 }
 
 thread_local! {
     static DEPTH: Cell<Depth> = const { Cell::new(Depth { generation: 0, frames: 0, c_calls: 0 }) };
 }
 
-fn with_depth<T>(f: impl FnOnce(&mut Depth) -> T) -> T {
+pub fn with_depth<T>(f: impl FnOnce(&mut Depth) -> T) -> T {
     DEPTH.with(|cell| {
         let mut depth = cell.get();
         let generation = GENERATION.load(Ordering::Relaxed);
@@ -119,76 +125,10 @@ unsafe extern "C" fn free_code_info(info: *mut c_void) {
     }
 }
 
-/// Where two fields of CPython's frame object sit, on this interpreter.
-/// `PyFrameObject` is opaque to extensions; its layout is stable within a
-/// minor version, and `init` checks these offsets against the fields'
-/// Python-level values before any are used (otherwise: the slow, generic
-/// attribute path).
-struct FrameLayout {
-    /// `char f_trace_lines`: per-line trace events wanted.
-    trace_lines: Option<usize>,
-    /// `PyObject *f_globals` (before 3.11, which has `PyFrame_GetGlobals`).
-    #[cfg_attr(Py_3_11, allow(dead_code))]
-    globals: Option<usize>,
-}
-
-static LAYOUT: std::sync::OnceLock<FrameLayout> = std::sync::OnceLock::new();
-
-/// Whether the frame fields are reached directly (the layout check passed).
-pub fn direct_frame_access() -> bool {
-    LAYOUT
-        .get()
-        .is_some_and(|l| l.trace_lines.is_some() && (cfg!(Py_3_11) || l.globals.is_some()))
-}
-
-#[cfg(all(target_pointer_width = "64", Py_3_11))]
-const TRACE_LINES_OFFSET: usize = 44;
-#[cfg(all(target_pointer_width = "64", Py_3_10, not(Py_3_11)))]
-const TRACE_LINES_OFFSET: usize = 84;
-#[cfg(all(target_pointer_width = "64", not(Py_3_10)))]
-const TRACE_LINES_OFFSET: usize = 88;
-#[cfg(not(target_pointer_width = "64"))]
-const TRACE_LINES_OFFSET: usize = usize::MAX;
-const GLOBALS_OFFSET: usize = 48;
-
-fn check_layout(py: Python<'_>) -> PyResult<FrameLayout> {
-    let frame = py.import("sys")?.call_method1("_getframe", (0,))?;
-    let raw = frame.as_ptr().cast::<u8>();
-    let trace_lines = if TRACE_LINES_OFFSET == usize::MAX {
-        None
-    } else {
-        // SAFETY: reads one byte inside the frame object, whose size is at
-        // least the offset plus one on this interpreter version.
-        let read = || unsafe { *raw.add(TRACE_LINES_OFFSET) };
-        let attr = pyo3::intern!(py, "f_trace_lines");
-        let before: bool = frame.getattr(attr)?.extract()?;
-        frame.setattr(attr, !before)?;
-        let flipped = read();
-        frame.setattr(attr, before)?;
-        (flipped == u8::from(!before) && read() == u8::from(before)).then_some(TRACE_LINES_OFFSET)
-    };
-    let globals = if cfg!(Py_3_11) {
-        None
-    } else {
-        // SAFETY: reads one pointer inside the frame object (see above).
-        let field = unsafe { *raw.add(GLOBALS_OFFSET).cast::<*mut ffi::PyObject>() };
-        (field == frame.getattr("f_globals")?.as_ptr()).then_some(GLOBALS_OFFSET)
-    };
-    Ok(FrameLayout {
-        trace_lines,
-        globals,
-    })
-}
-
-/// Reserves the co_extra slot and checks the frame layout; called once at
+/// Reserves the co_extra slot and prepares the backend; called once at
 /// module import.
 pub fn init(py: Python<'_>) {
-    LAYOUT.get_or_init(|| {
-        check_layout(py).unwrap_or(FrameLayout {
-            trace_lines: None,
-            globals: None,
-        })
-    });
+    backend::init(py);
     if CODE_EXTRA.load(Ordering::Relaxed) < 0 {
         // SAFETY: the GIL is held (`_py`); the free function matches the slot.
         let index = unsafe { tp::request_code_extra_index(free_code_info) };
@@ -224,20 +164,16 @@ unsafe fn code_info<'a>(py: Python<'_>, code: *mut ffi::PyObject) -> Option<&'a 
 
 /// `__name__` of the frame's globals, as cached on `info`.
 ///
-/// SAFETY: GIL held; `frame` is the live frame running `info`'s code.
+/// SAFETY: GIL held; `globals` null or a live dict.
 unsafe fn module_name<'a>(
     py: Python<'_>,
     info: &'a CodeInfo,
-    frame: *mut ffi::PyFrameObject,
+    globals: *mut ffi::PyObject,
 ) -> &'a CStr {
-    let globals = frame_globals(frame);
     let name = if globals.is_null() {
         std::ptr::null_mut()
     } else {
-        let key = pyo3::intern!(py, "__name__").as_ptr();
-        let name = ffi::PyDict_GetItem(globals, key);
-        release_globals(globals);
-        name
+        ffi::PyDict_GetItem(globals, pyo3::intern!(py, "__name__").as_ptr())
     };
     let slot = &mut *info.module.get();
     if slot.0 != name || slot.1.as_bytes().is_empty() {
@@ -255,36 +191,13 @@ unsafe fn module_name<'a>(
     &slot.1
 }
 
-#[cfg(Py_3_11)]
-unsafe fn frame_globals(frame: *mut ffi::PyFrameObject) -> *mut ffi::PyObject {
-    ffi::PyFrame_GetGlobals(frame) // a new reference
-}
-#[cfg(Py_3_11)]
-unsafe fn release_globals(globals: *mut ffi::PyObject) {
-    ffi::Py_DECREF(globals)
-}
-#[cfg(not(Py_3_11))]
-unsafe fn frame_globals(frame: *mut ffi::PyFrameObject) -> *mut ffi::PyObject {
-    match LAYOUT.get().and_then(|l| l.globals) {
-        // The frame's f_globals field (borrowed), at an offset checked at import.
-        Some(offset) => *frame.cast::<u8>().add(offset).cast::<*mut ffi::PyObject>(),
-        None => std::ptr::null_mut(),
-    }
-}
-#[cfg(not(Py_3_11))]
-unsafe fn release_globals(_globals: *mut ffi::PyObject) {}
-
-/// SAFETY: GIL held; `frame` live.
-unsafe fn frame_code(frame: *mut ffi::PyFrameObject) -> *mut ffi::PyObject {
-    let code = ffi::PyFrame_GetCode(frame); // a new reference
-    ffi::Py_DECREF(code.cast()); // the frame keeps it alive
-    code.cast()
-}
-
-/// SAFETY: GIL held; `frame` live.
-unsafe fn emit_call(py: Python<'_>, frame: *mut ffi::PyFrameObject) {
-    if let Some(info) = code_info(py, frame_code(frame)) {
-        let module = module_name(py, info, frame);
+/// `python:call` for a frame running `code` with `globals` (borrowed; may
+/// be null when unknown).
+///
+/// SAFETY: GIL held; `code` a live code object, `globals` null or a dict.
+pub unsafe fn emit_call(py: Python<'_>, code: *mut ffi::PyObject, globals: *mut ffi::PyObject) {
+    if let Some(info) = code_info(py, code) {
+        let module = module_name(py, info, globals);
         let n = &info.names;
         tp::emit_call(
             &n.co_name,
@@ -306,7 +219,7 @@ struct CName {
 static C_NAMES: Mutex<Option<HashMap<(usize, usize), CName>>> = Mutex::new(None);
 
 /// SAFETY: GIL held; `func` is the live callable of a C_CALL event.
-unsafe fn emit_c_call(py: Python<'_>, func: *mut ffi::PyObject) {
+pub unsafe fn emit_c_call(py: Python<'_>, func: *mut ffi::PyObject) {
     if ffi::PyCFunction_Check(func) == 0 {
         // Not a builtin function object: name it through its attributes.
         let func = Bound::from_borrowed_ptr(py, func);
@@ -325,8 +238,38 @@ unsafe fn emit_c_call(py: Python<'_>, func: *mut ffi::PyObject) {
         return;
     }
     let f = func.cast::<ffi::PyCFunctionObject>();
-    let ml = (*f).m_ml;
-    let owner = (*f).m_self;
+    emit_c_call_named(py, (*f).m_ml, (*f).m_self, (*f).m_module);
+}
+
+/// `python:c_call` for a method descriptor called on `self_arg` (3.12+
+/// reports `obj.method(...)` so, without binding it first).
+///
+/// SAFETY: GIL held; `descr` a live method descriptor, `self_arg` null or live.
+#[cfg_attr(not(Py_3_12), allow(dead_code))]
+pub unsafe fn emit_c_call_descriptor(
+    py: Python<'_>,
+    descr: *mut ffi::PyObject,
+    self_arg: *mut ffi::PyObject,
+) {
+    let d = descr.cast::<ffi::PyMethodDescrObject>();
+    let owner = if self_arg.is_null() {
+        (*d).d_common.d_type.cast()
+    } else {
+        self_arg
+    };
+    emit_c_call_named(py, (*d).d_method, owner, std::ptr::null_mut());
+}
+
+/// `python:c_call` for the C function `ml` bound to `owner` (its `__self__`:
+/// a module, a type or an instance; may be null), from module `module`.
+///
+/// SAFETY: GIL held; `ml` a live method definition; the others null or live.
+unsafe fn emit_c_call_named(
+    py: Python<'_>,
+    ml: *mut ffi::PyMethodDef,
+    owner: *mut ffi::PyObject,
+    module: *mut ffi::PyObject,
+) {
     let name = CStr::from_ptr((*ml).ml_name);
     let owner_type: *mut ffi::PyObject = if owner.is_null() || ffi::PyModule_Check(owner) != 0 {
         std::ptr::null_mut()
@@ -346,8 +289,7 @@ unsafe fn emit_c_call(py: Python<'_>, func: *mut ffi::PyObject) {
     // Computed outside the lock: it may run Python code.
     let entry = names::preserving_error(py, || {
         let owner_obj = (!owner.is_null()).then(|| Bound::from_borrowed_ptr(py, owner));
-        let module_obj =
-            (!(*f).m_module.is_null()).then(|| Bound::from_borrowed_ptr(py, (*f).m_module));
+        let module_obj = (!module.is_null()).then(|| Bound::from_borrowed_ptr(py, module));
         CName {
             qualname: names::c_function_qualname(
                 &name.to_string_lossy(),
@@ -363,212 +305,61 @@ unsafe fn emit_c_call(py: Python<'_>, func: *mut ffi::PyObject) {
     cache.get_or_insert_with(HashMap::new).insert(key, entry);
 }
 
-/// SAFETY: GIL held; `frame` live; `arg` the (type, value, traceback) tuple
-/// of a PyTrace_EXCEPTION event.
-unsafe fn emit_exception(py: Python<'_>, frame: *mut ffi::PyFrameObject, arg: *mut ffi::PyObject) {
+/// `python:exception` for an exception of type `exc_type` in `code` at `lineno`.
+///
+/// SAFETY: GIL held; `code` a live code object.
+pub unsafe fn emit_exception(
+    py: Python<'_>,
+    exc_type: Option<&Bound<'_, PyType>>,
+    code: *mut ffi::PyObject,
+    lineno: c_int,
+) {
     let exc_type = names::preserving_error(py, || {
-        let arg = Bound::from_borrowed_ptr(py, arg);
-        let ty = arg
-            .cast::<PyTuple>()
-            .ok()
-            .and_then(|t| t.get_item(0).ok())
-            .and_then(|t| t.cast_into::<PyType>().ok());
         names::cstring(
-            ty.map(|t| names::type_name(&t))
+            exc_type
+                .map(names::type_name)
                 .unwrap_or_else(|| "?".to_owned()),
         )
     });
-    let lineno = ffi::PyFrame_GetLineNumber(frame);
-    if let Some(info) = code_info(py, frame_code(frame)) {
+    if let Some(info) = code_info(py, code) {
         tp::emit_exception(&exc_type, &info.names.co_qualname, lineno);
     }
 }
 
-/// The profile function: calls, returns and C calls.
-unsafe extern "C" fn profile_hook(
-    _obj: *mut ffi::PyObject,
-    frame: *mut ffi::PyFrameObject,
-    what: c_int,
-    arg: *mut ffi::PyObject,
-) -> c_int {
-    // A panic must not cross into CPython; there is nothing to report it to.
-    let _ = std::panic::catch_unwind(|| {
-        // SAFETY: CPython calls profile functions with the GIL held and live
-        // `frame`/`arg` for the duration of the call.
-        unsafe { profile_event(frame, what, arg) }
-    });
-    0
-}
-
-unsafe fn profile_event(frame: *mut ffi::PyFrameObject, what: c_int, arg: *mut ffi::PyObject) {
-    let py = Python::assume_attached();
-    if !ENABLED.load(Ordering::Relaxed) {
-        uninstall_current_thread();
-        return;
-    }
-    let mask = tp::enabled();
-    match what {
-        ffi::PyTrace_CALL => {
-            with_depth(|d| d.frames += 1);
-            if mask & tp::EV_CALL != 0 {
-                emit_call(py, frame);
-            }
-        }
-        ffi::PyTrace_RETURN => {
-            let open = with_depth(|d| {
-                let open = d.frames > 0;
-                d.frames = d.frames.saturating_sub(1);
-                open
-            });
-            if open && mask & tp::EV_RETURN != 0 {
-                tp::emit_return();
-            }
-        }
-        ffi::PyTrace_C_CALL => {
-            if is_own(arg) {
-                return;
-            }
-            with_depth(|d| d.c_calls += 1);
-            if mask & tp::EV_C_CALL != 0 {
-                emit_c_call(py, arg);
-            }
-        }
-        ffi::PyTrace_C_RETURN | ffi::PyTrace_C_EXCEPTION => {
-            if is_own(arg) {
-                return;
-            }
-            let open = with_depth(|d| {
-                let open = d.c_calls > 0;
-                d.c_calls = d.c_calls.saturating_sub(1);
-                open
-            });
-            if open && mask & tp::EV_C_RETURN != 0 {
-                tp::emit_c_return();
-            }
-        }
-        _ => {}
-    }
-}
-
-/// The trace function: only for `PyTrace_EXCEPTION` (profile functions are
-/// not told of exceptions). Line events are switched off on each frame it
-/// sees, so it costs one callback per frame, not per line.
-unsafe extern "C" fn trace_hook(
-    _obj: *mut ffi::PyObject,
-    frame: *mut ffi::PyFrameObject,
-    what: c_int,
-    arg: *mut ffi::PyObject,
-) -> c_int {
-    let _ = std::panic::catch_unwind(|| {
-        // SAFETY: as for `profile_hook`.
-        unsafe { trace_event(frame, what, arg) }
-    });
-    0
-}
-
-unsafe fn trace_event(frame: *mut ffi::PyFrameObject, what: c_int, arg: *mut ffi::PyObject) {
-    let py = Python::assume_attached();
-    match what {
-        ffi::PyTrace_CALL | ffi::PyTrace_LINE => match LAYOUT.get().and_then(|l| l.trace_lines) {
-            // SAFETY: the offset of the frame's f_trace_lines flag, checked at import.
-            Some(offset) => *frame.cast::<u8>().add(offset) = 0,
-            None => names::preserving_error(py, || {
-                let frame = Bound::from_borrowed_ptr(py, frame.cast());
-                let _ = frame.setattr(pyo3::intern!(py, "f_trace_lines"), false);
-            }),
-        },
-        ffi::PyTrace_EXCEPTION
-            if ENABLED.load(Ordering::Relaxed) && tp::enabled() & tp::EV_EXCEPTION != 0 =>
-        {
-            emit_exception(py, frame, arg);
-        }
-        _ => {}
-    }
-}
-
-/// Installs both callbacks on the calling thread.
-fn install_current_thread() {
-    // SAFETY: the GIL is held by every caller (pyfunctions and the hooks).
-    unsafe {
-        ffi::PyEval_SetProfile(Some(profile_hook), std::ptr::null_mut());
-        ffi::PyEval_SetTrace(Some(trace_hook), std::ptr::null_mut());
-    }
-}
-
-/// Removes them from the calling thread (if they are still ours).
-fn uninstall_current_thread() {
-    // SAFETY: GIL held, as above.
-    unsafe {
-        ffi::PyEval_SetProfile(None, std::ptr::null_mut());
-        ffi::PyEval_SetTrace(None, std::ptr::null_mut());
-    }
-}
-
-/// Starts tracing: the calling thread now, threads started later through
-/// threading's profile hook, and on 3.12+ every running thread.
+/// Starts tracing, for every thread (see the backend for how).
 pub fn enable(py: Python<'_>, thread_start: &Bound<'_, PyAny>) -> PyResult<()> {
     if !ENABLED.load(Ordering::SeqCst) {
         // Nesting restarts from here on every thread.
         GENERATION.fetch_add(1, Ordering::Relaxed);
     }
-    set_threading_hook(py, thread_start.as_any())?;
     ENABLED.store(true, Ordering::SeqCst);
-    #[cfg(Py_3_12)]
-    // SAFETY: GIL held.
-    unsafe {
-        tp::PyEval_SetProfileAllThreads(Some(profile_hook), std::ptr::null_mut());
-        tp::PyEval_SetTraceAllThreads(Some(trace_hook), std::ptr::null_mut());
-    }
-    install_current_thread();
-    Ok(())
+    backend::start(py, thread_start)
 }
 
-/// Stops tracing on every thread: this one now, the others at their next event.
+/// Stops tracing on every thread.
 pub fn disable(py: Python<'_>) -> PyResult<()> {
     ENABLED.store(false, Ordering::SeqCst);
-    uninstall_current_thread();
-    set_threading_hook(py, &py.None().into_bound(py))
-}
-
-/// What `threading.setprofile(hook)` does, without running Python code
-/// (which the hook, already installed, would report).
-fn set_threading_hook(py: Python<'_>, hook: &Bound<'_, PyAny>) -> PyResult<()> {
-    let threading = py.import("threading")?;
-    if threading.hasattr("_profile_hook")? {
-        threading.setattr("_profile_hook", hook)
-    } else {
-        threading.call_method1("setprofile", (hook,)).map(drop)
-    }
+    backend::stop(py)
 }
 
 pub fn is_enabled() -> bool {
     ENABLED.load(Ordering::SeqCst)
 }
 
-/// First event of a thread started while tracing: installed by
-/// `threading.setprofile`, it replaces itself with the C hooks and reports
-/// the event it was called for.
-pub fn thread_start(frame: &Bound<'_, PyAny>, event: &str) {
-    if !ENABLED.load(Ordering::SeqCst) {
-        uninstall_current_thread();
-        return;
-    }
-    install_current_thread();
-    if event == "call" {
-        // SAFETY: GIL held; `frame` is a live frame object.
-        unsafe {
-            profile_event(
-                frame.as_ptr().cast(),
-                ffi::PyTrace_CALL,
-                std::ptr::null_mut(),
-            )
-        };
-    }
+/// Which backend this build uses.
+pub fn backend_name() -> &'static str {
+    backend::NAME
 }
 
-/// Runs `code` in `globals` traced on this thread, as the body of
-/// `python -m pyust`: no frame of pyust is between the hook and the script.
-/// The hook leaves this thread when the code ends; other threads go on.
+/// `threading`'s profile hook for threads started while tracing (only the
+/// profile backend installs it).
+pub fn thread_start(frame: &Bound<'_, PyAny>, event: &str) {
+    backend::thread_start(frame, event)
+}
+
+/// Runs `code` in `globals` traced, as the body of `python -m pyust`: no
+/// frame of pyust is between the hook and the script. This thread stops
+/// being reported when the code ends; other threads go on.
 pub fn run(
     py: Python<'_>,
     code: &Bound<'_, PyCode>,
@@ -579,7 +370,7 @@ pub fn run(
     // SAFETY: GIL held; `code` is a code object and `globals` a dict (checked
     // by the caller), both alive for the call.
     let result = unsafe { ffi::PyEval_EvalCode(code.as_ptr(), globals.as_ptr(), globals.as_ptr()) };
-    uninstall_current_thread();
+    backend::leave_current_thread();
     // SAFETY: PyEval_EvalCode returns a new reference or null with an error set.
     unsafe { Bound::from_owned_ptr_or_err(py, result) }.map(Bound::unbind)
 }

@@ -4,7 +4,11 @@
 
 mod ffi;
 mod hook;
+#[cfg(Py_3_12)]
+mod monitor;
 mod names;
+#[cfg(not(Py_3_12))]
+mod profile;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyCode, PyDict};
@@ -26,6 +30,12 @@ fn disable(py: Python<'_>) -> PyResult<()> {
 #[pyfunction]
 fn is_enabled() -> bool {
     hook::is_enabled()
+}
+
+/// How pyust hooks this interpreter: "sys.monitoring" (3.12+) or "profile".
+#[pyfunction]
+fn backend() -> &'static str {
+    hook::backend_name()
 }
 
 /// Whether some LTTng session currently records `python:call`.
@@ -164,12 +174,11 @@ fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // Number of `python:*` tracepoints linked in (5); also keeps them linked.
     m.add("_tracepoints", ffi::tracepoint_count())?;
-    // Whether this interpreter's frame layout passed the check (fast path).
-    m.add("_direct_frame_access", hook::direct_frame_access())?;
     m.add_function(wrap_pyfunction!(enable, m)?)?;
     m.add_function(wrap_pyfunction!(disable, m)?)?;
     m.add_function(wrap_pyfunction!(is_enabled, m)?)?;
     m.add_function(wrap_pyfunction!(session_active, m)?)?;
+    m.add_function(wrap_pyfunction!(backend, m)?)?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(_thread_start, m)?)?;
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;

@@ -17,6 +17,14 @@ pub fn shell() -> Result<Shell> {
     Ok(sh)
 }
 
+/// Cargo's target folder (CARGO_TARGET_DIR, or target/): build products,
+/// virtualenvs and traces of xtask go there.
+pub fn target_dir(sh: &Shell) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| sh.current_dir().join("target"))
+}
+
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
@@ -107,20 +115,33 @@ pub fn ci(sh: &Shell) -> Result<()> {
     cmd!(sh, "cargo test --quiet -p xtask").run()?;
 
     ensure_sessiond(sh)?;
-    step("python environment (maturin develop --release)");
-    let python = python_env(sh, "python3")?;
-    step("ruff");
-    cmd!(sh, "{python} -m ruff check python tests").run()?;
-    cmd!(sh, "{python} -m ruff format --check python tests").run()?;
-    step("pytest");
-    cmd!(sh, "{python} -m pytest -q tests").run()?;
-    step("e2e --local");
-    crate::e2e::E2e {
-        local: true,
-        python: Some(python),
-        base: None,
+    let mut tested = Vec::new();
+    for (version, python) in pythons() {
+        let Some(python) = python else {
+            eprintln!("\nxtask: skipping CPython {version}: not installed (no python{version} on PATH or in pyenv)");
+            continue;
+        };
+        step(&format!("CPython {version}: build ({})", python.display()));
+        let venv_python = python_env(sh, &python.to_string_lossy())?;
+        if tested.is_empty() {
+            step("ruff");
+            cmd!(sh, "{venv_python} -m ruff check python tests").run()?;
+            cmd!(sh, "{venv_python} -m ruff format --check python tests").run()?;
+        }
+        step(&format!("CPython {version}: pytest"));
+        cmd!(sh, "{venv_python} -m pytest -q tests").run()?;
+        step(&format!("CPython {version}: e2e --local"));
+        crate::e2e::E2e {
+            local: true,
+            python: Some(venv_python),
+            base: None,
+        }
+        .run(sh)?;
+        tested.push(version);
     }
-    .run(sh)?;
+    if tested.is_empty() {
+        bail!("no supported CPython (3.9 to 3.13) found");
+    }
 
     step("base image (debootstrap)");
     let base = crate::docker::base_image(sh, crate::docker::DEFAULT_SUITE, false)?;
@@ -135,6 +156,45 @@ pub fn ci(sh: &Shell) -> Result<()> {
     crate::devcontainer::check(sh, &base)?;
     eprintln!("\nxtask: ci passed");
     Ok(())
+}
+
+/// The supported CPython versions, each with its interpreter when this
+/// machine has one: pyenv's newest 3.X, else `python3.X` on PATH.
+pub fn pythons() -> Vec<(String, Option<PathBuf>)> {
+    let pyenv_root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")));
+    (9..=13)
+        .map(|minor| {
+            let version = format!("3.{minor}");
+            let exe = format!("python{version}");
+            let from_pyenv = pyenv_root.as_ref().and_then(|root| {
+                let mut found: Vec<PathBuf> = std::fs::read_dir(root.join("versions"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.strip_prefix(&format!("{version}."))
+                            .is_some_and(|patch| patch.chars().all(|c| c.is_ascii_digit()))
+                    })
+                    .map(|e| e.path().join("bin").join(&exe))
+                    .filter(|p| p.is_file())
+                    .collect();
+                found.sort();
+                found.pop()
+            });
+            let on_path = std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(&exe))
+                    .find(|p| {
+                        p.is_file()
+                            && !p.starts_with(pyenv_root.clone().unwrap_or_default().join("shims"))
+                    })
+            });
+            (version, from_pyenv.or(on_path))
+        })
+        .collect()
 }
 
 pub fn step(name: &str) {

@@ -49,7 +49,7 @@ pub fn ensure_daemon(sh: &Shell) -> Result<()> {
         apt_install(sh, &["docker.io"])?;
     }
     eprintln!("xtask: starting dockerd");
-    let log = std::fs::File::create(sh.current_dir().join("target").join("dockerd.log"))
+    let log = std::fs::File::create(crate::common::target_dir(sh).join("dockerd.log"))
         .or_else(|_| std::fs::File::create("/tmp/pyust-dockerd.log"))?;
     Command::new("dockerd")
         .stdin(Stdio::null())

@@ -49,7 +49,7 @@ impl E2e {
                 Some(python) => python,
                 None => common::python_env(sh, "python3")?,
             };
-            let traces = sh.current_dir().join("target").join("e2e-traces");
+            let traces = crate::common::target_dir(sh).join("e2e-traces");
             Box::new(move |scenario: &Path, name: &str| {
                 let out_dir = traces.join(name);
                 if out_dir.exists() {

@@ -1,0 +1,303 @@
+//! The backend for CPython 3.12+: `sys.monitoring` (PEP 669) under a tool id
+//! of pyust's own, with native `METH_FASTCALL` callbacks (no argument
+//! parsing, no Python frame). Events are interpreter-wide: every thread,
+//! running or started later, is traced from `enable()` on.
+//!
+//! | monitoring event                | pyust event                  |
+//! |---------------------------------|------------------------------|
+//! | PY_START, PY_RESUME, PY_THROW   | `python:call`                |
+//! | PY_RETURN, PY_YIELD, PY_UNWIND  | `python:return`              |
+//! | RAISE                           | `python:exception`           |
+//! | CALL of a C function            | `python:c_call`              |
+//! | C_RETURN, C_RAISE of one        | `python:c_return`            |
+//!
+//! RAISE fires in each frame an exception is raised in or propagates into,
+//! as the profile backend's PyTrace_EXCEPTION does, so both backends give
+//! the same trace.
+
+use std::cell::Cell;
+use std::ffi::{c_int, CStr};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+use crate::ffi as tp;
+use crate::hook::{self, ENABLED};
+
+pub const NAME: &str = "sys.monitoring";
+
+/// Tool ids pyust tries, in order (0, 1, 2 and 5 are the debugger,
+/// coverage, profiler and optimizer ids of PEP 669).
+const TOOL_IDS: [i32; 2] = [4, 3];
+const TOOL_NAME: &str = "pyust";
+/// The tool id pyust holds, or -1.
+static TOOL: AtomicI32 = AtomicI32::new(-1);
+
+thread_local! {
+    /// The launcher's thread once its script has ended: not reported.
+    static LEFT: Cell<bool> = const { Cell::new(false) };
+}
+
+type Callback = unsafe extern "C" fn(
+    *mut ffi::PyObject,
+    *mut *mut ffi::PyObject,
+    ffi::Py_ssize_t,
+) -> *mut ffi::PyObject;
+
+/// A `PyMethodDef` that can live in a static: CPython only reads it.
+struct MethodDef(ffi::PyMethodDef);
+// SAFETY: the definitions are immutable and only read (under the GIL).
+unsafe impl Sync for MethodDef {}
+
+const fn def(name: &'static CStr, callback: Callback) -> MethodDef {
+    MethodDef(ffi::PyMethodDef {
+        ml_name: name.as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunctionFast: callback,
+        },
+        ml_flags: ffi::METH_FASTCALL,
+        ml_doc: std::ptr::null(),
+    })
+}
+
+// (event name in sys.monitoring.events, callback)
+static CALLBACKS: [(&str, MethodDef); 10] = [
+    ("PY_START", def(cstr(b"pyust_py_start\0"), on_start)),
+    ("PY_RESUME", def(cstr(b"pyust_py_resume\0"), on_start)),
+    ("PY_THROW", def(cstr(b"pyust_py_throw\0"), on_start)),
+    ("PY_RETURN", def(cstr(b"pyust_py_return\0"), on_return)),
+    ("PY_YIELD", def(cstr(b"pyust_py_yield\0"), on_return)),
+    ("PY_UNWIND", def(cstr(b"pyust_py_unwind\0"), on_return)),
+    ("RAISE", def(cstr(b"pyust_raise\0"), on_raise)),
+    ("CALL", def(cstr(b"pyust_call\0"), on_call)),
+    ("C_RETURN", def(cstr(b"pyust_c_return\0"), on_c_return)),
+    ("C_RAISE", def(cstr(b"pyust_c_raise\0"), on_c_return)),
+];
+
+const fn cstr(bytes: &'static [u8]) -> &'static CStr {
+    match CStr::from_bytes_with_nul(bytes) {
+        Ok(s) => s,
+        Err(_) => panic!("NUL-terminated"),
+    }
+}
+
+pub fn init(_py: Python<'_>) {}
+
+/// Claims a tool id and registers the callbacks (once).
+fn register(py: Python<'_>) -> PyResult<i32> {
+    let tool = TOOL.load(Ordering::SeqCst);
+    if tool >= 0 {
+        return Ok(tool);
+    }
+    let monitoring = py.import("sys")?.getattr("monitoring")?;
+    let mut claimed = None;
+    for id in TOOL_IDS {
+        if monitoring.call_method1("get_tool", (id,))?.is_none() {
+            monitoring.call_method1("use_tool_id", (id, TOOL_NAME))?;
+            claimed = Some(id);
+            break;
+        }
+    }
+    let Some(tool) = claimed else {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+            "pyust: sys.monitoring tool ids {TOOL_IDS:?} are all in use"
+        )));
+    };
+    let events = monitoring.getattr("events")?;
+    for (event, def) in &CALLBACKS {
+        // SAFETY: `def` is a static method definition; no self, no module.
+        let func = unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                ffi::PyCFunction_NewEx(
+                    std::ptr::addr_of!(def.0).cast_mut(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                ),
+            )?
+        };
+        monitoring.call_method1("register_callback", (tool, events.getattr(*event)?, func))?;
+    }
+    TOOL.store(tool, Ordering::SeqCst);
+    Ok(tool)
+}
+
+fn event_set(py: Python<'_>) -> PyResult<u32> {
+    let events = py.import("sys")?.getattr("monitoring")?.getattr("events")?;
+    let mut set = 0u32;
+    for (event, _) in &CALLBACKS {
+        set |= events.getattr(*event)?.extract::<u32>()?;
+    }
+    Ok(set)
+}
+
+pub fn start(py: Python<'_>, _thread_start: &Bound<'_, PyAny>) -> PyResult<()> {
+    LEFT.with(|l| l.set(false));
+    let tool = register(py)?;
+    py.import("sys")?
+        .getattr("monitoring")?
+        .call_method1("set_events", (tool, event_set(py)?))?;
+    Ok(())
+}
+
+pub fn stop(py: Python<'_>) -> PyResult<()> {
+    let tool = TOOL.load(Ordering::SeqCst);
+    if tool >= 0 {
+        py.import("sys")?
+            .getattr("monitoring")?
+            .call_method1("set_events", (tool, 0))?;
+    }
+    Ok(())
+}
+
+pub fn leave_current_thread() {
+    LEFT.with(|l| l.set(true));
+}
+
+/// Never installed by this backend (threads are traced anyway).
+pub fn thread_start(_frame: &Bound<'_, PyAny>, _event: &str) {}
+
+/// Common entry of every callback: `None` to CPython, and never a panic.
+#[inline]
+unsafe fn callback(f: impl FnOnce(Python<'_>)) -> *mut ffi::PyObject {
+    if ENABLED.load(Ordering::Relaxed) && !LEFT.with(Cell::get) {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: CPython runs monitoring callbacks with the GIL held.
+            f(unsafe { Python::assume_attached() })
+        }));
+    }
+    let none = ffi::Py_None();
+    ffi::Py_IncRef(none);
+    none
+}
+
+/// The argument `i`, borrowed (CPython passes what the event defines).
+#[inline]
+unsafe fn arg(
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    i: isize,
+) -> *mut ffi::PyObject {
+    if i < nargs {
+        *args.offset(i)
+    } else {
+        std::ptr::null_mut()
+    }
+}
+
+/// PY_START / PY_RESUME / PY_THROW (code, offset[, exception]).
+unsafe extern "C" fn on_start(
+    _slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    callback(|py| {
+        hook::with_depth(|d| d.frames += 1);
+        let code = arg(args, nargs, 0);
+        if !code.is_null() && tp::enabled() & tp::EV_CALL != 0 {
+            // The callback runs in the new frame: its globals are current.
+            hook::emit_call(py, code, ffi::PyEval_GetGlobals());
+        }
+    })
+}
+
+/// PY_RETURN / PY_YIELD / PY_UNWIND (code, offset, value or exception).
+unsafe extern "C" fn on_return(
+    _slf: *mut ffi::PyObject,
+    _args: *mut *mut ffi::PyObject,
+    _nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    callback(|_py| {
+        let open = hook::with_depth(|d| {
+            let open = d.frames > 0;
+            d.frames = d.frames.saturating_sub(1);
+            open
+        });
+        if open && tp::enabled() & tp::EV_RETURN != 0 {
+            tp::emit_return();
+        }
+    })
+}
+
+/// RAISE (code, offset, exception).
+unsafe extern "C" fn on_raise(
+    _slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    callback(|py| {
+        let (code, offset, exc) = (
+            arg(args, nargs, 0),
+            arg(args, nargs, 1),
+            arg(args, nargs, 2),
+        );
+        if code.is_null() || exc.is_null() || tp::enabled() & tp::EV_EXCEPTION == 0 {
+            return;
+        }
+        let offset = ffi::PyLong_AsLong(offset);
+        if offset < 0 && !ffi::PyErr_Occurred().is_null() {
+            ffi::PyErr_Clear();
+        }
+        let lineno = ffi::PyCode_Addr2Line(code.cast(), offset as c_int);
+        let exc_type = Bound::from_borrowed_ptr(py, ffi::Py_TYPE(exc).cast::<ffi::PyObject>())
+            .cast_into::<PyType>()
+            .ok();
+        hook::emit_exception(py, exc_type.as_ref(), code, lineno);
+    })
+}
+
+/// Whether a CALL / C_RETURN / C_RAISE callable is a C function as the
+/// profile backend reports them: a builtin function or method, or a method
+/// descriptor (`list.append` called on an instance) — and not pyust's own.
+unsafe fn is_c_function(callable: *mut ffi::PyObject) -> bool {
+    !callable.is_null()
+        && (ffi::PyCFunction_Check(callable) != 0
+            || ffi::Py_TYPE(callable) == std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type))
+        && !hook::is_own(callable)
+}
+
+/// CALL (code, offset, callable, arg0).
+unsafe extern "C" fn on_call(
+    _slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    callback(|py| {
+        let callable = arg(args, nargs, 2);
+        if !is_c_function(callable) {
+            return;
+        }
+        hook::with_depth(|d| d.c_calls += 1);
+        if tp::enabled() & tp::EV_C_CALL == 0 {
+            return;
+        }
+        if ffi::PyCFunction_Check(callable) != 0 {
+            hook::emit_c_call(py, callable);
+        } else {
+            hook::emit_c_call_descriptor(py, callable, arg(args, nargs, 3));
+        }
+    })
+}
+
+/// C_RETURN / C_RAISE (code, offset, callable, arg0).
+unsafe extern "C" fn on_c_return(
+    _slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    callback(|_py| {
+        if !is_c_function(arg(args, nargs, 2)) {
+            return;
+        }
+        let open = hook::with_depth(|d| {
+            let open = d.c_calls > 0;
+            d.c_calls = d.c_calls.saturating_sub(1);
+            open
+        });
+        if open && tp::enabled() & tp::EV_C_RETURN != 0 {
+            tp::emit_c_return();
+        }
+    })
+}
