@@ -138,8 +138,39 @@ pub fn init(py: Python<'_>) {
 
 /// The cached names of `code`, made on first use.
 ///
-/// SAFETY: GIL held; `code` is a live code object.
-unsafe fn code_info<'a>(py: Python<'_>, code: *mut ffi::PyObject) -> Option<&'a CodeInfo> {
+/// `globals` (null when unknown) serves, before 3.11, to find the qualified
+/// name of a function whose enclosing code was never seen.
+///
+/// SAFETY: GIL held; `code` is a live code object, `globals` null or a dict.
+unsafe fn code_info<'a>(
+    py: Python<'_>,
+    code: *mut ffi::PyObject,
+    globals: *mut ffi::PyObject,
+) -> Option<&'a CodeInfo> {
+    if let Some(info) = cached_code_info(code) {
+        return Some(info);
+    }
+    let code_obj = Bound::from_borrowed_ptr(py, code);
+    let code_obj = code_obj.cast::<PyCode>().ok()?;
+    #[allow(unused_mut)]
+    let mut names = names::preserving_error(py, || names::code_names(code_obj));
+    #[cfg(not(Py_3_11))]
+    names::preserving_error(py, || {
+        let globals = (!globals.is_null()).then(|| Bound::from_borrowed_ptr(py, globals));
+        if let Some(qualname) = names::find_qualname(code_obj, globals.as_ref()) {
+            names.co_qualname = names::cstring(qualname);
+        }
+        qualify_nested(py, code_obj, &names.co_qualname.to_string_lossy(), 0);
+    });
+    #[cfg(Py_3_11)]
+    let _ = globals;
+    Some(store_code_info(code, names))
+}
+
+/// The names cached on `code`, if any.
+///
+/// SAFETY: GIL held; `code` a live code object.
+unsafe fn cached_code_info<'a>(code: *mut ffi::PyObject) -> Option<&'a CodeInfo> {
     let index = CODE_EXTRA.load(Ordering::Relaxed);
     if index >= 0 {
         let extra = tp::code_get_extra(code, index as ffi::Py_ssize_t);
@@ -147,19 +178,48 @@ unsafe fn code_info<'a>(py: Python<'_>, code: *mut ffi::PyObject) -> Option<&'a 
             return Some(&*extra.cast::<CodeInfo>());
         }
     }
-    let code_obj = Bound::from_borrowed_ptr(py, code);
-    let code_obj = code_obj.cast::<PyCode>().ok()?;
+    None
+}
+
+/// Before 3.11 code objects have no co_qualname: give the code objects
+/// nested in `code` (its functions, classes, lambdas, comprehensions)
+/// theirs, by the compiler's rules, from `qualname`, the name of `code`.
+#[cfg(not(Py_3_11))]
+fn qualify_nested(py: Python<'_>, code: &Bound<'_, PyCode>, qualname: &str, depth: u32) {
+    if depth > 64 {
+        return;
+    }
+    for child in names::nested_codes(code, qualname) {
+        let (child, child_qualname) = child;
+        // SAFETY: GIL held; `child` is a live code object.
+        unsafe {
+            if cached_code_info(child.as_ptr()).is_some() {
+                continue;
+            }
+            let mut child_names = names::code_names(&child);
+            child_names.co_qualname = names::cstring(child_qualname.clone());
+            store_code_info(child.as_ptr(), child_names);
+        }
+        qualify_nested(py, &child, &child_qualname, depth + 1);
+    }
+}
+
+/// Caches `names` on `code` (co_extra), which then owns them.
+///
+/// SAFETY: GIL held; `code` a live code object.
+unsafe fn store_code_info<'a>(code: *mut ffi::PyObject, names: names::CodeNames) -> &'a CodeInfo {
+    let index = CODE_EXTRA.load(Ordering::Relaxed);
     let info = Box::new(CodeInfo {
-        names: names::preserving_error(py, || names::code_names(code_obj)),
+        names,
         module: UnsafeCell::new((std::ptr::null_mut(), CString::default())),
     });
     let raw = Box::into_raw(info);
     if index >= 0 && tp::code_set_extra(code, index as ffi::Py_ssize_t, raw.cast()) {
-        return Some(&*raw);
+        return &*raw;
     }
     // No slot: keep it alive for good (one per code object, only if
     // CPython ever refuses the slot).
-    Some(&*raw)
+    &*raw
 }
 
 /// `__name__` of the frame's globals, as cached on `info`.
@@ -196,7 +256,7 @@ unsafe fn module_name<'a>(
 ///
 /// SAFETY: GIL held; `code` a live code object, `globals` null or a dict.
 pub unsafe fn emit_call(py: Python<'_>, code: *mut ffi::PyObject, globals: *mut ffi::PyObject) {
-    if let Some(info) = code_info(py, code) {
+    if let Some(info) = code_info(py, code, globals) {
         let module = module_name(py, info, globals);
         let n = &info.names;
         tp::emit_call(
@@ -321,7 +381,7 @@ pub unsafe fn emit_exception(
                 .unwrap_or_else(|| "?".to_owned()),
         )
     });
-    if let Some(info) = code_info(py, code) {
+    if let Some(info) = code_info(py, code, std::ptr::null_mut()) {
         tp::emit_exception(&exc_type, &info.names.co_qualname, lineno);
     }
 }

@@ -92,6 +92,98 @@ pub fn code_names(code: &Bound<'_, PyCode>) -> CodeNames {
     }
 }
 
+/// The code objects in `code`'s constants, each with its qualified name
+/// by the compiler's rules: `parent.<locals>.name` inside a function,
+/// `Class.name` inside a class body, `name` at module level.
+#[cfg_attr(Py_3_11, allow(dead_code))]
+pub fn nested_codes<'py>(
+    code: &Bound<'py, PyCode>,
+    qualname: &str,
+) -> Vec<(Bound<'py, PyCode>, String)> {
+    const CO_NEWLOCALS: u32 = 0x2;
+    let py = code.py();
+    let flags: u32 = code
+        .getattr(intern!(py, "co_flags"))
+        .and_then(|f| f.extract())
+        .unwrap_or(0);
+    let is_module = code
+        .getattr(intern!(py, "co_name"))
+        .and_then(|n| n.extract::<String>())
+        .is_ok_and(|n| n == "<module>");
+    let Ok(consts) = code.getattr(intern!(py, "co_consts")) else {
+        return Vec::new();
+    };
+    let Ok(consts) = consts.cast_into::<pyo3::types::PyTuple>() else {
+        return Vec::new();
+    };
+    consts
+        .iter()
+        .filter_map(|c| c.cast_into::<PyCode>().ok())
+        .map(|child| {
+            let name = child
+                .getattr(intern!(py, "co_name"))
+                .and_then(|n| n.extract::<String>())
+                .unwrap_or_default();
+            let qual = if flags & CO_NEWLOCALS != 0 {
+                format!("{qualname}.<locals>.{name}")
+            } else if is_module {
+                name
+            } else {
+                format!("{qualname}.{name}")
+            };
+            (child, qual)
+        })
+        .collect()
+}
+
+/// Before 3.11: the qualified name of the function (or class body) whose
+/// code is `code`, found among the module's globals and its classes'
+/// attributes. None when it is not there (a nested function, say: those
+/// are named from their enclosing code, see `nested_codes`).
+#[cfg_attr(Py_3_11, allow(dead_code))]
+pub fn find_qualname(
+    code: &Bound<'_, PyCode>,
+    globals: Option<&Bound<'_, PyAny>>,
+) -> Option<String> {
+    let py = code.py();
+    let globals = globals?.cast::<pyo3::types::PyDict>().ok()?;
+    // A function, a method's function, or what a decorator wraps.
+    let qualname_of = |func: &Bound<'_, PyAny>| -> Option<String> {
+        let mut inner = func
+            .getattr(intern!(py, "__func__"))
+            .unwrap_or_else(|_| func.clone());
+        for _ in 0..8 {
+            if let Ok(func_code) = inner.getattr(intern!(py, "__code__")) {
+                if func_code.is(code) {
+                    let qualname = inner.getattr(intern!(py, "__qualname__")).ok()?;
+                    return to_cstring(&qualname).into_string().ok();
+                }
+            }
+            inner = inner.getattr(intern!(py, "__wrapped__")).ok()?;
+        }
+        None
+    };
+    for (_, value) in globals.iter() {
+        if let Some(q) = qualname_of(&value) {
+            return Some(q);
+        }
+        if let Ok(class) = value.cast::<PyType>() {
+            let Ok(dict) = class.getattr(intern!(py, "__dict__")) else {
+                continue;
+            };
+            let Ok(values) = dict.call_method0(intern!(py, "values")) else {
+                continue;
+            };
+            for member in values.try_iter().into_iter().flatten().flatten() {
+                if let Some(q) = qualname_of(&member) {
+                    return Some(q);
+                }
+            }
+        }
+    }
+    None
+}
+
 /// `module.Qualname` of a type, without the module for builtins:
 /// `ValueError`, `json.decoder.JSONDecodeError`, `collections.deque`.
 pub fn type_name(ty: &Bound<'_, PyType>) -> String {

@@ -176,8 +176,13 @@ def test_lone_surrogates_are_replaced(session: Session, tmp_path: Path) -> None:
     script = write_script(
         tmp_path,
         "surrogate.py",
+        "import sys\n"
         "def f():\n    return 1\n"
-        "f.__code__ = f.__code__.replace(co_name='bad\\udcff', co_qualname='Q.bad\\udcff')\n"
+        "if sys.version_info >= (3, 11):\n"
+        "    f.__code__ = f.__code__.replace(co_name='bad\\udcff', co_qualname='Q.bad\\udcff')\n"
+        "else:  # no co_qualname: the function's name serves\n"
+        "    f.__code__ = f.__code__.replace(co_name='bad\\udcff')\n"
+        "    f.__qualname__ = 'Q.bad\\udcff'\n"
         "assert f() == 1\n",
     )
     proc, events = run_traced(session, script)

@@ -275,6 +275,15 @@ def discarded_events(lttng: str, session: str) -> int:
     return total
 
 
+def _foreground_on_terminal() -> bool:
+    """Whether this process is in the foreground of a terminal (where
+    Ctrl-C signals the whole process group)."""
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
 def record(argv: list[str]) -> int:
     output: str | None = None
     view = False
@@ -314,9 +323,13 @@ def record(argv: list[str]) -> int:
 
     created = False
     status = 1
-    # Interrupts reach the traced child (same process group); this process
-    # waits for it, then always tears the session down.
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # On a terminal, Ctrl-C reaches the traced child directly (same process
+    # group): this process ignores it, as forwarding it too would interrupt
+    # the child twice. Elsewhere (no terminal: a container's init, a
+    # pipeline) the child gets a session of its own and this process
+    # forwards SIGINT and SIGTERM to it. Then it always tears the session down.
+    on_terminal = _foreground_on_terminal()
+    old_int = signal.getsignal(signal.SIGINT)
     old_term = signal.getsignal(signal.SIGTERM)
     child: subprocess.Popen[bytes] | None = None
 
@@ -324,6 +337,7 @@ def record(argv: list[str]) -> int:
         if child is not None and child.poll() is None:
             child.send_signal(signum)
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN if on_terminal else forward)
     signal.signal(signal.SIGTERM, forward)
     try:
         _check(_run_lttng(lttng, "create", session, f"--output={output}"), "create")
@@ -365,8 +379,9 @@ def record(argv: list[str]) -> int:
             "add-context",
         )
         _check(_run_lttng(lttng, "start", session), "start")
-        signal.signal(signal.SIGINT, forward)
-        child = subprocess.Popen([sys.executable, "-m", "pyust", "--", *target.argv])
+        child = subprocess.Popen(
+            [sys.executable, "-m", "pyust", "--", *target.argv], start_new_session=not on_terminal
+        )
         status = child.wait()
         if status < 0:
             status = 128 - status
