@@ -166,3 +166,14 @@ pub unsafe fn code_set_extra(code: *mut PyObject, index: Py_ssize_t, extra: *mut
     }
     true
 }
+
+/// The leading fields of CPython's `PyCFunctionObject` (a builtin function
+/// or method), the same in every supported version (pyo3 declares the
+/// struct only from 3.9 on).
+#[repr(C)]
+pub struct CFunctionObject {
+    pub ob_base: PyObject,
+    pub m_ml: *mut pyo3::ffi::PyMethodDef,
+    pub m_self: *mut PyObject,
+    pub m_module: *mut PyObject,
+}

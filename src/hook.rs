@@ -52,7 +52,7 @@ pub unsafe fn is_own(func: *mut ffi::PyObject) -> bool {
     if func.is_null() || ffi::PyCFunction_Check(func) == 0 {
         return false;
     }
-    let owner = (*func.cast::<ffi::PyCFunctionObject>()).m_self;
+    let owner = (*func.cast::<tp::CFunctionObject>()).m_self;
     if owner.is_null() {
         return false;
     }
@@ -147,6 +147,9 @@ unsafe fn code_info<'a>(
     code: *mut ffi::PyObject,
     globals: *mut ffi::PyObject,
 ) -> Option<&'a CodeInfo> {
+    if code.is_null() {
+        return None;
+    }
     if let Some(info) = cached_code_info(code) {
         return Some(info);
     }
@@ -160,7 +163,7 @@ unsafe fn code_info<'a>(
         if let Some(qualname) = names::find_qualname(code_obj, globals.as_ref()) {
             names.co_qualname = names::cstring(qualname);
         }
-        qualify_nested(py, code_obj, &names.co_qualname.to_string_lossy(), 0);
+        qualify_nested(code_obj, &names.co_qualname.to_string_lossy(), 0);
     });
     #[cfg(Py_3_11)]
     let _ = globals;
@@ -185,7 +188,7 @@ unsafe fn cached_code_info<'a>(code: *mut ffi::PyObject) -> Option<&'a CodeInfo>
 /// nested in `code` (its functions, classes, lambdas, comprehensions)
 /// theirs, by the compiler's rules, from `qualname`, the name of `code`.
 #[cfg(not(Py_3_11))]
-fn qualify_nested(py: Python<'_>, code: &Bound<'_, PyCode>, qualname: &str, depth: u32) {
+fn qualify_nested(code: &Bound<'_, PyCode>, qualname: &str, depth: u32) {
     if depth > 64 {
         return;
     }
@@ -200,7 +203,7 @@ fn qualify_nested(py: Python<'_>, code: &Bound<'_, PyCode>, qualname: &str, dept
             child_names.co_qualname = names::cstring(child_qualname.clone());
             store_code_info(child.as_ptr(), child_names);
         }
-        qualify_nested(py, &child, &child_qualname, depth + 1);
+        qualify_nested(&child, &child_qualname, depth + 1);
     }
 }
 
@@ -297,7 +300,7 @@ pub unsafe fn emit_c_call(py: Python<'_>, func: *mut ffi::PyObject) {
         tp::emit_c_call(&name, &qualname);
         return;
     }
-    let f = func.cast::<ffi::PyCFunctionObject>();
+    let f = func.cast::<tp::CFunctionObject>();
     emit_c_call_named(py, (*f).m_ml, (*f).m_self, (*f).m_module);
 }
 

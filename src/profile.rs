@@ -28,6 +28,9 @@ struct FrameLayout {
     /// `PyObject *f_globals` (before 3.11, which has `PyFrame_GetGlobals`).
     #[cfg_attr(Py_3_11, allow(dead_code))]
     globals: Option<usize>,
+    /// `PyCodeObject *f_code` (before 3.9, which has `PyFrame_GetCode`).
+    #[cfg_attr(Py_3_9, allow(dead_code))]
+    code: Option<usize>,
 }
 
 static LAYOUT: std::sync::OnceLock<FrameLayout> = std::sync::OnceLock::new();
@@ -41,6 +44,7 @@ const TRACE_LINES_OFFSET: usize = 88;
 #[cfg(not(target_pointer_width = "64"))]
 const TRACE_LINES_OFFSET: usize = usize::MAX;
 const GLOBALS_OFFSET: usize = 48;
+const CODE_OFFSET: usize = 32;
 
 fn check_layout(py: Python<'_>) -> PyResult<FrameLayout> {
     let frame = py.import("sys")?.call_method1("_getframe", (0,))?;
@@ -65,9 +69,17 @@ fn check_layout(py: Python<'_>) -> PyResult<FrameLayout> {
         let field = unsafe { *raw.add(GLOBALS_OFFSET).cast::<*mut ffi::PyObject>() };
         (field == frame.getattr("f_globals")?.as_ptr()).then_some(GLOBALS_OFFSET)
     };
+    let code = if cfg!(Py_3_9) {
+        None
+    } else {
+        // SAFETY: reads one pointer inside the frame object (see above).
+        let field = unsafe { *raw.add(CODE_OFFSET).cast::<*mut ffi::PyObject>() };
+        (field == frame.getattr("f_code")?.as_ptr()).then_some(CODE_OFFSET)
+    };
     Ok(FrameLayout {
         trace_lines,
         globals,
+        code,
     })
 }
 
@@ -77,6 +89,7 @@ pub fn init(py: Python<'_>) {
         check_layout(py).unwrap_or(FrameLayout {
             trace_lines: None,
             globals: None,
+            code: None,
         })
     });
 }
@@ -100,11 +113,22 @@ unsafe fn frame_globals(frame: *mut ffi::PyFrameObject) -> *mut ffi::PyObject {
 #[cfg(not(Py_3_11))]
 unsafe fn release_globals(_globals: *mut ffi::PyObject) {}
 
+/// The frame's code object (borrowed), or null when unknown.
+///
 /// SAFETY: GIL held; `frame` live.
+#[cfg(Py_3_9)]
 unsafe fn frame_code(frame: *mut ffi::PyFrameObject) -> *mut ffi::PyObject {
     let code = ffi::PyFrame_GetCode(frame); // a new reference
     ffi::Py_DECREF(code.cast()); // the frame keeps it alive
     code.cast()
+}
+#[cfg(not(Py_3_9))]
+unsafe fn frame_code(frame: *mut ffi::PyFrameObject) -> *mut ffi::PyObject {
+    match LAYOUT.get().and_then(|l| l.code) {
+        // The frame's f_code field (borrowed), at an offset checked at import.
+        Some(offset) => *frame.cast::<u8>().add(offset).cast::<*mut ffi::PyObject>(),
+        None => std::ptr::null_mut(),
+    }
 }
 
 /// SAFETY: GIL held; `frame` live; `arg` the (type, value, traceback) tuple
@@ -117,8 +141,36 @@ unsafe fn emit_exception(py: Python<'_>, frame: *mut ffi::PyFrameObject, arg: *m
             .and_then(|t| t.get_item(0).ok())
             .and_then(|t| t.cast_into::<PyType>().ok())
     });
+    if let Some(ty) = &exc_type {
+        if ty.as_ptr() == ffi::PyExc_StopIteration && ends_for_loop(py, frame) {
+            return;
+        }
+    }
     let lineno = ffi::PyFrame_GetLineNumber(frame);
     hook::emit_exception(py, exc_type.as_ref(), frame_code(frame), lineno);
+}
+
+/// Whether `frame` stands at a FOR_ITER: a StopIteration there is the
+/// normal end of a `for` loop (3.9 reports it as an exception; 3.10+ and
+/// sys.monitoring do not), not a raise.
+///
+/// SAFETY: GIL held; `frame` live.
+unsafe fn ends_for_loop(py: Python<'_>, frame: *mut ffi::PyFrameObject) -> bool {
+    names::preserving_error(py, || {
+        let frame = Bound::from_borrowed_ptr(py, frame.cast());
+        let opcode = || -> PyResult<bool> {
+            let lasti: usize = frame.getattr("f_lasti")?.extract()?;
+            let code = frame.getattr("f_code")?.getattr("co_code")?;
+            let op: u8 = code.get_item(lasti)?.extract()?;
+            let for_iter: u8 = py
+                .import("dis")?
+                .getattr("opmap")?
+                .get_item("FOR_ITER")?
+                .extract()?;
+            Ok(op == for_iter)
+        };
+        opcode().unwrap_or(false)
+    })
 }
 
 /// The profile function: calls, returns and C calls.

@@ -99,7 +99,9 @@ class Target:
     @property
     def label(self) -> str:
         name = self.module or os.path.basename(self.script or "script")
-        return re.sub(r"[^A-Za-z0-9_.-]", "_", name.removesuffix(".py")) or "script"
+        if name.endswith(".py"):
+            name = name[: -len(".py")]
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "script"
 
 
 def parse_target(args: list[str]) -> Target:

@@ -121,7 +121,13 @@ pub fn ci(sh: &Shell) -> Result<()> {
             eprintln!("\nxtask: skipping CPython {version}: not installed (no python{version} on PATH or in pyenv)");
             continue;
         };
-        step(&format!("CPython {version}: build ({})", python.display()));
+        step(&format!(
+            "CPython {version}: clippy, build ({})",
+            python.display()
+        ));
+        cmd!(sh, "cargo clippy --quiet -p pyust -- -D warnings")
+            .env("PYO3_PYTHON", &python)
+            .run()?;
         let venv_python = python_env(sh, &python.to_string_lossy())?;
         if tested.is_empty() {
             step("ruff");
@@ -140,7 +146,7 @@ pub fn ci(sh: &Shell) -> Result<()> {
         tested.push(version);
     }
     if tested.is_empty() {
-        bail!("no supported CPython (3.9 to 3.13) found");
+        bail!("no supported CPython (3.8 to 3.13) found");
     }
 
     step("base image (debootstrap)");
@@ -164,7 +170,7 @@ pub fn pythons() -> Vec<(String, Option<PathBuf>)> {
     let pyenv_root = std::env::var_os("PYENV_ROOT")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")));
-    (9..=13)
+    (8..=13)
         .map(|minor| {
             let version = format!("3.{minor}");
             let exe = format!("python{version}");
