@@ -239,9 +239,10 @@ unsafe fn module_name<'a>(
         ffi::PyDict_GetItem(globals, pyo3::intern!(py, "__name__").as_ptr())
     };
     let slot = &mut *info.module.get();
-    if slot.0 != name || slot.1.as_bytes().is_empty() {
+    // The slot starts as (null, ""): right for globals without `__name__`.
+    if slot.0 != name {
         let text = if name.is_null() {
-            names::cstring("?".to_owned())
+            CString::default() // globals without `__name__`
         } else {
             names::preserving_error(py, || {
                 names::to_cstring(&Bound::from_borrowed_ptr(py, name))

@@ -51,7 +51,10 @@ class Event:
 
 def _value(raw: str) -> object:
     if raw.startswith('"'):
-        return bytes(raw[1:-1], "utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
+        # babeltrace2 escapes quotes, backslashes, control characters and
+        # '?' (C trigraphs) the C way.
+        body = re.sub(r"\\\?", "?", raw[1:-1])
+        return bytes(body, "utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
     return int(raw)
 
 
@@ -136,11 +139,27 @@ def make_session(
     output = tmp_path / "trace"
     lttng("create", name, f"--output={output}")
     try:
-        args = ["enable-event", "--userspace", f"--session={name}", events]
+        # Room for the larger tests' bursts: 8 x 1 MiB per CPU.
+        lttng(
+            "enable-channel",
+            "--userspace",
+            f"--session={name}",
+            "--subbuf-size=1M",
+            "--num-subbuf=8",
+            "c",
+        )
+        args = ["enable-event", "--userspace", f"--session={name}", "--channel=c", events]
         if filter_expr:
             args.append(f"--filter={filter_expr}")
         lttng(*args)
-        lttng("add-context", "--userspace", f"--session={name}", "--type=vpid", "--type=vtid")
+        lttng(
+            "add-context",
+            "--userspace",
+            f"--session={name}",
+            "--channel=c",
+            "--type=vpid",
+            "--type=vtid",
+        )
         lttng("start", name)
     except BaseException:
         lttng("destroy", name, check=False)
@@ -186,6 +205,21 @@ def run_traced(
     out, err = proc.communicate(timeout=120)
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     return done, session.events_of(proc.pid)
+
+
+def run_plain(session: Session, script: Path, timeout: float = 120):
+    """`python script` (no launcher: the script uses the API) under
+    `session`; the finished process, its pid and its events."""
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    out, err = proc.communicate(timeout=timeout)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return done, proc.pid, session.events_of(proc.pid)
 
 
 def write_script(tmp_path: Path, name: str, source: str) -> Path:

@@ -24,7 +24,8 @@ from typing import NoReturn
 
 USAGE = """\
 usage: pyust [-m module | script.py] [args...]
-       pyust record [-o DIR] [--view] [-m module | script.py] [args...]
+       pyust record [-o DIR] [--view] [--subbuf-size SIZE] [--num-subbuf N]
+                    [-m module | script.py] [args...]
        pyust view DIR
 
 Trace a Python program into LTTng-UST (events python:call, python:return,
@@ -40,6 +41,9 @@ python:c_call, python:c_return, python:exception).
       -o, --output DIR       where the trace goes (default: a new folder
                              under ./pyust-traces/)
       --view                 also print the trace as text
+      --subbuf-size SIZE     ring-buffer sub-buffer size per CPU (default:
+                             4M, less when /dev/shm is small)
+      --num-subbuf N         sub-buffers per CPU (default: 8)
   pyust view DIR             print a trace folder as text
   --                         ends pyust's options (a script named `record`)
   -h, --help                 this help;  --version  pyust's version
@@ -277,6 +281,23 @@ def discarded_events(lttng: str, session: str) -> int:
     return total
 
 
+def parse_size(text: str) -> int:
+    """A size in bytes: 4096, 64k, 4M (powers of two, as LTTng wants)."""
+    m = re.fullmatch(r"(\d+)([kKmMgG]?)", text)
+    if not m:
+        fail(f"not a size: {text!r} (e.g. 4096, 64k, 4M)")
+    size = int(m[1]) << {"": 0, "k": 10, "m": 20, "g": 30}[m[2].lower()]
+    if size < 4096 or size & (size - 1):
+        fail(f"sub-buffer size must be a power of two of at least 4096: {text!r}")
+    return size
+
+
+def parse_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 2 or int(text) & (int(text) - 1):
+        fail(f"sub-buffer count must be a power of two of at least 2: {text!r}")
+    return int(text)
+
+
 def _foreground_on_terminal() -> bool:
     """Whether this process is in the foreground of a terminal (where
     Ctrl-C signals the whole process group)."""
@@ -289,6 +310,8 @@ def _foreground_on_terminal() -> bool:
 def record(argv: list[str]) -> int:
     output: str | None = None
     view = False
+    subbuf: int | None = None
+    num_subbuf = NUM_SUBBUF
     while argv:
         arg = argv[0]
         if arg in ("-o", "--output"):
@@ -299,6 +322,15 @@ def record(argv: list[str]) -> int:
             output, argv = arg.split("=", 1)[1], argv[1:]
         elif arg == "--view":
             view, argv = True, argv[1:]
+        elif arg in ("--subbuf-size", "--num-subbuf"):
+            if len(argv) < 2:
+                fail(f"{arg} needs a value")
+            value = parse_size(argv[1]) if arg == "--subbuf-size" else parse_count(argv[1])
+            if arg == "--subbuf-size":
+                subbuf = value
+            else:
+                num_subbuf = value
+            argv = argv[2:]
         elif arg == "--":
             argv = argv[1:]
             break
@@ -350,8 +382,8 @@ def record(argv: list[str]) -> int:
                 "enable-channel",
                 "--userspace",
                 f"--session={session}",
-                f"--subbuf-size={subbuf_size()}",
-                f"--num-subbuf={NUM_SUBBUF}",
+                f"--subbuf-size={subbuf or subbuf_size()}",
+                f"--num-subbuf={num_subbuf}",
                 CHANNEL,
             ),
             "enable-channel",

@@ -1,0 +1,498 @@
+"""Robustness: LTTng faults, hostile code, threads, fork, subprocess, leaks.
+
+Fault tests that need a session daemon of their own run in private mount
+and PID namespaces (`unshare --mount --pid`) where /var/run/lttng, /dev/shm
+and LTTNG_HOME are fresh: the machine's daemon is neither seen nor touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import (
+    SCENARIOS,
+    Session,
+    babeltrace,
+    check_nesting,
+    check_no_pyust_frames,
+    lttng,
+    make_session,
+    parse_trace,
+    run_plain,
+    run_python,
+    run_traced,
+    write_script,
+)
+
+needs_root_ns = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and unshare(1) for a private mount namespace",
+)
+
+
+def in_private_lttng(
+    tmp_path: Path, body: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the shell `body` where no LTTng daemon of this machine is reachable."""
+    home = tmp_path / "lttng-home"
+    home.mkdir()
+    script = textwrap.dedent(
+        f"""
+        set -e
+        mkdir -p /var/run/lttng
+        mount -t tmpfs tmpfs /var/run/lttng
+        mount -t tmpfs tmpfs /dev/shm
+        export LTTNG_HOME={home}
+        export PY={sys.executable}
+        """
+    ) + textwrap.dedent(body)
+    return subprocess.run(
+        # Private mount and PID namespaces: the daemons started (and killed)
+        # here are the only ones `pkill` can see.
+        [
+            "unshare",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+# --- LTTng faults --------------------------------------------------------------
+
+
+@needs_root_ns
+def test_no_session_daemon(tmp_path: Path) -> None:
+    proc = in_private_lttng(
+        tmp_path,
+        f"""
+        $PY -c "import pyust; print(pyust.session_active())"
+        $PY -m pyust {SCENARIOS / "foo.py"}
+        echo "status=$?"
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "status=0"]
+    assert proc.stderr.splitlines() == [
+        "pyust: no LTTng session is recording python:* events; running the script anyway "
+        "(see `pyust record`, or `lttng enable-event -u 'python:*'`)"
+    ]
+
+
+@needs_root_ns
+def test_session_daemon_killed_mid_run(tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "long.py",
+        "import os, time\n"
+        "def work(n):\n    return sum(range(n))\n"
+        "open(os.environ['READY'], 'w').close()\n"
+        "deadline = time.time() + 1.5\n"
+        "while time.time() < deadline:\n    work(100)\n"
+        "print('finished')\n",
+    )
+    ready = tmp_path / "ready"
+    proc = in_private_lttng(
+        tmp_path,
+        f"""
+        lttng-sessiond --daemonize
+        lttng create s --output={tmp_path / "trace"} >/dev/null
+        lttng enable-event -u 'python:*' >/dev/null
+        lttng start >/dev/null
+        READY={ready} $PY -m pyust {script} &
+        child=$!
+        while [ ! -e {ready} ]; do sleep 0.05; done
+        sleep 0.3
+        pkill -9 -x lttng-sessiond || true
+        pkill -9 -x lttng-consumerd || true
+        wait $child
+        echo "status=$?"
+        """,
+    )
+    assert "finished" in proc.stdout, proc.stderr
+    assert "status=0" in proc.stdout
+
+
+def test_all_user_space_events_enabled(sessiond: None, tmp_path: Path) -> None:
+    """`enable-event -u -a` includes LTTng's statedump and lib events (the
+    prototype deadlocked on those): no deadlock, the trace is complete."""
+    name = f"pyust-test-all-{os.getpid()}"
+    out = tmp_path / "trace"
+    lttng("create", name, f"--output={out}")
+    try:
+        lttng("enable-event", "-u", "-a", f"--session={name}")
+        lttng("add-context", "-u", "-t", "vpid", "-t", "vtid", f"--session={name}")
+        lttng("start", name)
+        script = write_script(
+            tmp_path,
+            "mixed.py",
+            "import os, threading, ctypes.util\n"
+            "def f():\n    return 1\n"
+            "t = threading.Thread(target=f); t.start(); t.join()\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n    f()\n    os._exit(0)\n"
+            "os.waitpid(pid, 0)\n"
+            "ctypes.util.find_library('c')\n",
+        )
+        child = subprocess.Popen(
+            [sys.executable, "-m", "pyust", str(script)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _, err = child.communicate(timeout=120)
+        proc = subprocess.CompletedProcess(child.args, child.returncode, "", err)
+        lttng("stop", name)
+        text = babeltrace(out)
+    finally:
+        lttng("destroy", name, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "lttng_ust_statedump:" in text
+    events = [e for e in parse_trace(text) if e.vpid == child.pid]
+    assert events[0].short() == "call <module>"
+    check_nesting(events)
+
+
+def test_ring_buffer_overflow_discards_and_reports(sessiond: None, tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "flood.py",
+        "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\nfib(22)\nprint('done')\n",
+    )
+    out = tmp_path / "t"
+    proc = run_python(
+        "-m",
+        "pyust",
+        "record",
+        "--subbuf-size",
+        "4096",
+        "--num-subbuf",
+        "2",
+        "-o",
+        str(out),
+        str(script),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "done"
+    lines = [line for line in proc.stderr.splitlines() if "discarded" in line]
+    assert len(lines) == 1, proc.stderr
+    lost = int(lines[0].split("discarded ")[1].split()[0])
+    assert lost > 0
+    recorded = parse_trace(babeltrace(out))
+    # fib(22) makes 57313 calls: 114626 call/return events in all.
+    assert 0 < len(recorded) < 114626
+    assert len(recorded) + lost >= 114626
+
+
+@pytest.mark.parametrize("value", ["12", "4097", "x", "1k"])
+def test_record_rejects_bad_buffer_sizes(value: str) -> None:
+    proc = run_python("-m", "pyust", "record", "--subbuf-size", value, str(SCENARIOS / "foo.py"))
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1
+
+
+# --- hostile code -----------------------------------------------------------------
+
+
+def test_hostile_code(session: Session, tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "hostile.py",
+        textwrap.dedent(
+            """
+            import sys
+            long_name = "n" * 100_000
+            def f():
+                return 1
+            f.__code__ = f.__code__.replace(co_name=long_name)
+            f()
+            exec(compile("def g():\\n    return 2\\ng()\\n", "<string>", "exec"), {})
+            namespace = {"__builtins__": __builtins__}
+            exec("def h():\\n    return 3\\nh()\\n", namespace)
+            def deep(n):
+                return deep(n + 1)
+            try:
+                deep(0)
+            except RecursionError:
+                print("recursion limit")
+            """
+        ),
+    )
+    proc, events = run_traced(session, script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "recursion limit"
+    assert proc.stderr == ""
+    check_nesting(events)
+    calls = {str(e["co_name"]): e for e in events if e.name == "call"}
+    assert "n" * 100_000 in calls
+    assert calls["g"]["co_filename"] == "<string>"
+    assert calls["g"]["module"] == ""  # globals without __name__
+    assert calls["h"]["module"] == ""
+    assert any(e.name == "exception" and e["exc_type"] == "RecursionError" for e in events)
+
+
+def test_enabled_deep_disabled_elsewhere(session: Session, tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "deep.py",
+        textwrap.dedent(
+            """
+            import pyust
+            def leaf():
+                pass
+            def stop():
+                leaf()
+                pyust.disable()
+            def start(n):
+                if n:
+                    return start(n - 1)
+                pyust.enable()
+                leaf()
+            def outer():
+                start(50)
+                leaf()
+                stop()
+                leaf()
+            outer()
+            """
+        ),
+    )
+    proc, _, events = run_plain(session, script)
+    assert proc.returncode == 0, proc.stderr
+    shorts = [e.short() for e in events]
+    # What ran after enable(): leaf, the 51 returns of start() are frames
+    # that began before and are left out; outer's leaf and stop are traced.
+    assert shorts[:2] == ["call leaf", "return"]
+    assert shorts.count("return") <= shorts.count("call leaf") + shorts.count("call stop")
+    assert "call stop" in shorts
+    check_no_pyust_frames(events)
+    stack = 0
+    for e in events:
+        stack += {"call": 1, "return": -1}.get(e.name, 0)
+        assert stack >= 0, "a return without its call"
+
+
+# --- threads, fork, subprocess -------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="running threads join at enable() on 3.12+")
+def test_threads_running_at_enable_are_traced(session: Session, tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "running.py",
+        textwrap.dedent(
+            """
+            import threading, pyust
+            go = threading.Event()
+            def tick():
+                pass
+            def loop():
+                go.wait()
+                tick()
+            t = threading.Thread(target=loop)
+            t.start()
+            pyust.enable()
+            go.set()
+            t.join()
+            pyust.disable()
+            """
+        ),
+    )
+    proc, _, events = run_plain(session, script)
+    assert proc.returncode == 0, proc.stderr
+    ticks = [e for e in events if e.name == "call" and e["co_qualname"] == "tick"]
+    assert len(ticks) == 1
+    assert ticks[0].vtid != events[0].vtid or len({e.vtid for e in events}) > 1
+
+
+def test_concurrent_enable_disable(session: Session, tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "toggle.py",
+        textwrap.dedent(
+            """
+            import threading, pyust
+            def f():
+                return 1
+            def worker():
+                for i in range(300):
+                    if i % 2:
+                        pyust.enable()
+                    else:
+                        pyust.disable()
+                    f()
+            ts = [threading.Thread(target=worker) for _ in range(8)]
+            for t in ts: t.start()
+            for t in ts: t.join()
+            pyust.disable()
+            print("ok", pyust.is_enabled())
+            """
+        ),
+    )
+    proc, _, events = run_plain(session, script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["ok", "False"]
+    # Per thread, never a return without its call.
+    depth: dict[int, int] = {}
+    for e in events:
+        if e.name in ("call", "return"):
+            depth[e.vtid] = depth.get(e.vtid, 0) + (1 if e.name == "call" else -1)
+            assert depth[e.vtid] >= 0
+
+
+def test_multiprocessing_fork_children(session: Session, tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "mp.py",
+        textwrap.dedent(
+            """
+            import multiprocessing, os, pyust
+            def child_work(q):
+                q.put(os.getpid())
+            if __name__ == "__main__":
+                ctx = multiprocessing.get_context("fork")
+                pyust.enable()
+                q = ctx.Queue()
+                ps = [ctx.Process(target=child_work, args=(q,)) for _ in range(2)]
+                for p in ps: p.start()
+                pids = sorted(q.get(timeout=30) for _ in ps)
+                for p in ps: p.join()
+                pyust.disable()
+                print(*pids)
+            """
+        ),
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    children = [int(p) for p in proc.stdout.split()]
+    events = session.stop()
+    for pid in children:
+        calls = [e["co_qualname"] for e in events if e.vpid == pid and e.name == "call"]
+        assert "child_work" in calls, f"child {pid} not traced"
+
+
+def test_subprocess_children_never_crash(session: Session, tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "sub.py",
+        textwrap.dedent(
+            """
+            import os, subprocess, sys
+            cmd = [sys.executable, "-c", "print('child')"]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            assert out.stdout == "child\\n", out
+            out = subprocess.run(["true"], preexec_fn=lambda: None)
+            assert out.returncode == 0
+            pid = os.fork()
+            if pid == 0:
+                os.execv("/bin/true", ["true"])
+            _, status = os.waitpid(pid, 0)
+            assert status == 0, status
+            print("ok")
+            """
+        ),
+    )
+    proc, events = run_traced(session, script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+    check_nesting(events)
+
+
+def test_programs_own_profilers_keep_working(session: Session, tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "ownprof.py",
+        textwrap.dedent(
+            """
+            import sys, threading, cProfile, pstats, io
+            seen = []
+            def prof(frame, event, arg):
+                seen.append(event)
+            def f():
+                return 1
+            sys.setprofile(prof)
+            f()
+            sys.setprofile(None)
+            assert "call" in seen, seen
+            assert sys.getprofile() is None
+            threading.getprofile() if hasattr(threading, "getprofile") else None
+            p = cProfile.Profile()
+            p.runcall(f)
+            s = io.StringIO()
+            pstats.Stats(p, stream=s).print_stats()
+            assert "f" in s.getvalue()
+            print("ok")
+            """
+        ),
+    )
+    proc, events = run_traced(session, script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+# --- stress and leaks ---------------------------------------------------------------
+
+
+def test_stress_balanced_and_no_leak(sessiond: None, tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "stress.py",
+        textwrap.dedent(
+            """
+            import threading, pyust, resource
+            def fib(n):
+                return n if n < 2 else fib(n - 1) + fib(n - 2)
+            def work():
+                for _ in range(5):
+                    fib(6)
+                    try:
+                        {}["k"]
+                    except KeyError:
+                        pass
+            def rss_kib():
+                with open("/proc/self/statm") as f:
+                    return int(f.read().split()[1]) * 4
+            def cycle():
+                pyust.enable()
+                ts = [threading.Thread(target=work) for _ in range(4)]
+                for t in ts: t.start()
+                for t in ts: t.join()
+                pyust.disable()
+            for _ in range(10):
+                cycle()
+            before = rss_kib()
+            for _ in range(100):
+                cycle()
+            print(rss_kib() - before)
+            """
+        ),
+    )
+    s = make_session(tmp_path)
+    try:
+        proc, _, events = run_plain(s, script, timeout=300)
+    finally:
+        lttng("destroy", s.name, check=False)
+    assert proc.returncode == 0, proc.stderr
+    growth_kib = int(proc.stdout.strip())
+    assert growth_kib < 4096, f"RSS grew by {growth_kib} KiB over 100 enable/disable cycles"
+    workers = {e.vtid for e in events} - {events[0].vtid}
+    assert len(workers) >= 4
+    check_nesting([e for e in events if e.vtid in workers])
