@@ -142,7 +142,7 @@ unsafe fn emit_exception(py: Python<'_>, frame: *mut ffi::PyFrameObject, arg: *m
             .and_then(|t| t.cast_into::<PyType>().ok())
     });
     if let Some(ty) = &exc_type {
-        if ty.as_ptr() == ffi::PyExc_StopIteration && ends_for_loop(py, frame) {
+        if ty.as_ptr() == ffi::PyExc_StopIteration && ends_iteration(py, frame) {
             return;
         }
     }
@@ -150,26 +150,31 @@ unsafe fn emit_exception(py: Python<'_>, frame: *mut ffi::PyFrameObject, arg: *m
     hook::emit_exception(py, exc_type.as_ref(), frame_code(frame), lineno);
 }
 
-/// Whether `frame` stands at a FOR_ITER: a StopIteration there is the
-/// normal end of a `for` loop (3.9 reports it as an exception; 3.10+ and
-/// sys.monitoring do not), not a raise.
+/// Whether `frame` stands at an instruction that drives an iterator or
+/// awaitable to its end (FOR_ITER, YIELD_FROM, SEND): a StopIteration there
+/// only says the iteration is over. Some versions report it as an exception
+/// there, others (and sys.monitoring) do not: pyust never does, so the
+/// trace is the same on every version. A StopIteration raised by the
+/// program (`raise`, `next()`) stays an exception.
 ///
 /// SAFETY: GIL held; `frame` live.
-unsafe fn ends_for_loop(py: Python<'_>, frame: *mut ffi::PyFrameObject) -> bool {
+unsafe fn ends_iteration(py: Python<'_>, frame: *mut ffi::PyFrameObject) -> bool {
+    static DRIVERS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     names::preserving_error(py, || {
+        let drivers = DRIVERS.get_or_init(|| {
+            let opmap = py.import("dis").and_then(|dis| dis.getattr("opmap"));
+            ["FOR_ITER", "YIELD_FROM", "SEND"]
+                .iter()
+                .filter_map(|name| opmap.as_ref().ok()?.get_item(name).ok()?.extract().ok())
+                .collect()
+        });
         let frame = Bound::from_borrowed_ptr(py, frame.cast());
-        let opcode = || -> PyResult<bool> {
+        let opcode = || -> PyResult<u8> {
             let lasti: usize = frame.getattr("f_lasti")?.extract()?;
             let code = frame.getattr("f_code")?.getattr("co_code")?;
-            let op: u8 = code.get_item(lasti)?.extract()?;
-            let for_iter: u8 = py
-                .import("dis")?
-                .getattr("opmap")?
-                .get_item("FOR_ITER")?
-                .extract()?;
-            Ok(op == for_iter)
+            code.get_item(lasti)?.extract()
         };
-        opcode().unwrap_or(false)
+        opcode().is_ok_and(|op| drivers.contains(&op))
     })
 }
 
