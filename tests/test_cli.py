@@ -110,14 +110,6 @@ def test_module_mode(session: Session, tmp_path: Path) -> None:
     check_nesting(events)
 
 
-def test_warns_when_no_session_records(sessiond: None, tmp_path: Path) -> None:
-    proc = run_python("-m", "pyust", str(SCENARIOS / "foo.py"))
-    assert proc.returncode == 0
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1
-    assert lines[0].startswith("pyust: no LTTng session is recording python:* events")
-
-
 # --- bad input ---------------------------------------------------------------
 
 

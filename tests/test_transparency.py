@@ -1,0 +1,79 @@
+"""A traced program behaves as untraced: CPython's own regression tests give
+the same outcomes under `python -m pyust`, with a session recording every
+`python:*` event, as without pyust.
+
+The session is a snapshot session (flight-recorder ring buffers, nothing
+written to disk): the hook does all its work, the disk stays free. Modules
+that observe profilers themselves are left out (test_sys_setprofile,
+test_sys_settrace, test_cprofile, test_profile, test_monitoring, test_bdb,
+test_pdb, test_trace).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import lttng
+
+MODULES = [
+    "test_class",
+    "test_collections",
+    "test_contextlib",
+    "test_coroutines",
+    "test_dataclasses",
+    "test_exceptions",
+    "test_functools",
+    "test_gc",
+    "test_generators",
+    "test_inspect",
+    "test_itertools",
+    "test_json",
+    "test_scope",
+    "test_sys",
+    "test_threading",
+    "test_traceback",
+    "test_weakref",
+    "test_with",
+]
+
+
+def outcome(text: str) -> tuple[str, list[str]]:
+    """regrtest's verdict and the tests it names as failed."""
+    result = re.findall(r"^Result: (\w+)", text, re.M)
+    failed = sorted(set(re.findall(r"^(test_\w+) failed", text, re.M)))
+    return (result[-1] if result else "NO RESULT"), failed
+
+
+def run_regrtest(*prefix: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *prefix, "-m", "test", "--timeout=600", *MODULES],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONHASHSEED="0"),
+    )
+
+
+def test_cpython_regression_tests_unchanged(sessiond: None) -> None:
+    try:
+        import test.libregrtest  # noqa: F401
+    except ImportError:
+        pytest.skip("this interpreter has no `test` package")
+    plain = run_regrtest()
+    name = f"pyust-test-regr-{os.getpid()}"
+    lttng("create", name, "--snapshot")
+    try:
+        lttng("enable-event", "--userspace", f"--session={name}", "python:*")
+        lttng("start", name)
+        traced = run_regrtest("-m", "pyust")
+    finally:
+        lttng("destroy", name, check=False)
+    assert "no LTTng session" not in traced.stderr
+    assert outcome(traced.stdout) == outcome(plain.stdout), traced.stdout[-3000:]
+    assert traced.returncode == plain.returncode
+    assert outcome(plain.stdout)[0] == "SUCCESS", plain.stdout[-3000:]
