@@ -43,7 +43,7 @@ MODULES = [
 
 def outcome(text: str) -> tuple[str, list[str]]:
     """regrtest's verdict and the tests it names as failed."""
-    result = re.findall(r"^Result: (\w+)", text, re.M)
+    result = re.findall(r"^(?:Tests )?[Rr]esult: (\w+)", text, re.M)
     failed = sorted(set(re.findall(r"^(test_\w+) failed", text, re.M)))
     return (result[-1] if result else "NO RESULT"), failed
 
