@@ -34,6 +34,22 @@ mod raw {
         pub fn pyust_tp_after_fork_parent();
         pub fn pyust_tp_after_fork_child();
 
+        // Another thread's profile / trace function (3.9 to 3.11).
+        #[cfg(all(Py_3_9, not(Py_3_12)))]
+        #[link_name = "_PyEval_SetProfile"]
+        pub fn set_profile(
+            tstate: *mut pyo3::ffi::PyThreadState,
+            func: Option<pyo3::ffi::Py_tracefunc>,
+            arg: *mut PyObject,
+        ) -> c_int;
+        #[cfg(all(Py_3_9, not(Py_3_12)))]
+        #[link_name = "_PyEval_SetTrace"]
+        pub fn set_trace(
+            tstate: *mut pyo3::ffi::PyThreadState,
+            func: Option<pyo3::ffi::Py_tracefunc>,
+            arg: *mut PyObject,
+        ) -> c_int;
+
         // CPython's per-code-object scratch slots ("co_extra"), renamed in 3.12.
         #[cfg(not(Py_3_12))]
         #[link_name = "_PyEval_RequestCodeExtraIndex"]
@@ -121,6 +137,29 @@ pub fn emit_c_return() {
 pub fn emit_exception(exc_type: &CStr, qualname: &CStr, lineno: i32) {
     // SAFETY: both pointers are NUL-terminated strings borrowed for the call.
     unsafe { raw::pyust_tp_emit_exception(exc_type.as_ptr(), qualname.as_ptr(), lineno) }
+}
+
+/// Installs `func` as the profile function of thread `tstate` (any thread
+/// of the interpreter). Needs the GIL; `tstate` must be live.
+#[cfg(all(Py_3_9, not(Py_3_12)))]
+pub unsafe fn set_profile(
+    tstate: *mut pyo3::ffi::PyThreadState,
+    func: Option<pyo3::ffi::Py_tracefunc>,
+) {
+    if raw::set_profile(tstate, func, std::ptr::null_mut()) != 0 {
+        pyo3::ffi::PyErr_Clear();
+    }
+}
+
+/// The same for the trace function.
+#[cfg(all(Py_3_9, not(Py_3_12)))]
+pub unsafe fn set_trace(
+    tstate: *mut pyo3::ffi::PyThreadState,
+    func: Option<pyo3::ffi::Py_tracefunc>,
+) {
+    if raw::set_trace(tstate, func, std::ptr::null_mut()) != 0 {
+        pyo3::ffi::PyErr_Clear();
+    }
 }
 
 /// LTTng-UST's fork protocol; Python's `os.register_at_fork` calls these.

@@ -390,6 +390,17 @@ pub unsafe fn emit_exception(
     }
 }
 
+/// Whether the backend's callbacks are installed. Tracing that is enabled
+/// while no LTTng session records any `python:*` event stays disarmed: the
+/// program runs as untraced, and a watcher thread arms the callbacks within
+/// `WATCH_PERIOD` of a session enabling the events (and disarms them when
+/// none does any more).
+pub static ARMED: AtomicBool = AtomicBool::new(false);
+/// How often the watcher looks at LTTng's enabled flags.
+pub const WATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(20);
+static WATCH_STOP: AtomicBool = AtomicBool::new(false);
+static WATCHER: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
+
 /// Starts tracing, for every thread (see the backend for how).
 pub fn enable(py: Python<'_>, thread_start: &Bound<'_, PyAny>) -> PyResult<()> {
     if !ENABLED.load(Ordering::SeqCst) {
@@ -397,13 +408,111 @@ pub fn enable(py: Python<'_>, thread_start: &Bound<'_, PyAny>) -> PyResult<()> {
         GENERATION.fetch_add(1, Ordering::Relaxed);
     }
     ENABLED.store(true, Ordering::SeqCst);
-    backend::start(py, thread_start)
+    backend::start(py, thread_start)?;
+    // Before arming: starting the watcher imports modules, which would be
+    // traced.
+    if backend::CAN_ARM_ALL_THREADS {
+        start_watcher(py)?;
+    }
+    sync(py);
+    Ok(())
 }
 
 /// Stops tracing on every thread.
 pub fn disable(py: Python<'_>) -> PyResult<()> {
     ENABLED.store(false, Ordering::SeqCst);
+    sync(py);
     backend::stop(py)
+}
+
+/// Arms or disarms the callbacks as `ENABLED` and the sessions want.
+fn sync(py: Python<'_>) {
+    let listened = !backend::CAN_ARM_ALL_THREADS || tp::enabled() != 0;
+    let want = ENABLED.load(Ordering::SeqCst) && listened;
+    if want == ARMED.load(Ordering::SeqCst) {
+        return;
+    }
+    if want {
+        // Frames already running close without a trace.
+        GENERATION.fetch_add(1, Ordering::Relaxed);
+        ARMED.store(true, Ordering::SeqCst);
+        if let Err(err) = backend::arm(py) {
+            ARMED.store(false, Ordering::SeqCst);
+            err.restore(py);
+            // SAFETY: GIL held; the error was just set.
+            unsafe { ffi::PyErr_WriteUnraisable(std::ptr::null_mut()) };
+        }
+    } else {
+        ARMED.store(false, Ordering::SeqCst);
+        let _ = backend::disarm(py);
+    }
+}
+
+/// The watcher: a native thread that polls LTTng's enabled flags (an
+/// atomic read) every `WATCH_PERIOD` and takes the GIL only to arm or
+/// disarm. Stopped at interpreter exit (atexit), restarted after fork.
+fn start_watcher(py: Python<'_>) -> PyResult<()> {
+    let mut watcher = WATCHER.lock().unwrap_or_else(|e| e.into_inner());
+    if watcher.is_some() {
+        return Ok(());
+    }
+    WATCH_STOP.store(false, Ordering::SeqCst);
+    *watcher = Some(
+        std::thread::Builder::new()
+            .name("pyust-watcher".into())
+            .spawn(|| loop {
+                std::thread::sleep(WATCH_PERIOD);
+                if WATCH_STOP.load(Ordering::SeqCst) {
+                    break;
+                }
+                let want = ENABLED.load(Ordering::SeqCst) && tp::enabled() != 0;
+                if want != ARMED.load(Ordering::SeqCst) {
+                    Python::attach(|py| {
+                        if !WATCH_STOP.load(Ordering::SeqCst) {
+                            sync(py);
+                        }
+                    });
+                }
+            })
+            .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?,
+    );
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    let mut result = Ok(());
+    AT_EXIT.call_once(|| {
+        result = py
+            .import("pyust._pyust")
+            .and_then(|m| m.getattr("_stop_watcher"))
+            .and_then(|stop| py.import("atexit")?.call_method1("register", (stop,)))
+            .map(drop);
+    });
+    result
+}
+
+/// Stops the watcher (atexit: before the interpreter finalizes).
+pub fn stop_watcher(py: Python<'_>) {
+    WATCH_STOP.store(true, Ordering::SeqCst);
+    let handle = WATCHER.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(handle) = handle {
+        py.detach(|| {
+            let _ = handle.join();
+        });
+    }
+}
+
+/// In a child that is about to exec: trace nothing more.
+pub fn forked_for_exec() {
+    ENABLED.store(false, Ordering::SeqCst);
+    ARMED.store(false, Ordering::SeqCst);
+}
+
+/// In a forked child: the watcher thread did not survive the fork.
+pub fn after_fork_child(py: Python<'_>) {
+    let stale = WATCHER.lock().unwrap_or_else(|e| e.into_inner()).take();
+    // Not joinable here (no such thread in this process): forget it.
+    std::mem::forget(stale);
+    if ENABLED.load(Ordering::SeqCst) && backend::CAN_ARM_ALL_THREADS {
+        let _ = start_watcher(py);
+    }
 }
 
 pub fn is_enabled() -> bool {

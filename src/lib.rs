@@ -75,8 +75,51 @@ fn _after_fork_parent() {
 }
 
 #[pyfunction]
-fn _after_fork_child() {
-    ffi::after_fork_child()
+fn _after_fork_child(py: Python<'_>) {
+    if forked_by_subprocess(py) {
+        // A subprocess child (preexec_fn given) that will exec at once:
+        // re-initialising LTTng-UST there can abort, and nothing in it is
+        // worth tracing. Release what before_fork took, stop tracing.
+        ffi::after_fork_parent();
+        hook::forked_for_exec();
+    } else {
+        ffi::after_fork_child();
+        hook::after_fork_child(py);
+    }
+}
+
+/// Whether this fork comes from `subprocess` (its `_execute_child` calls
+/// `_posixsubprocess.fork_exec`, which runs the at-fork hooks).
+fn forked_by_subprocess(py: Python<'_>) -> bool {
+    let frame = py
+        .import("sys")
+        .and_then(|sys| sys.call_method1("_getframe", (0,)));
+    let Ok(frame) = frame else {
+        return false;
+    };
+    let code = frame.getattr("f_code");
+    let name = code
+        .as_ref()
+        .ok()
+        .and_then(|c| c.getattr("co_name").ok()?.extract::<String>().ok());
+    let file = code
+        .as_ref()
+        .ok()
+        .and_then(|c| c.getattr("co_filename").ok()?.extract::<String>().ok());
+    name.as_deref() == Some("_execute_child") && file.is_some_and(|f| f.ends_with("subprocess.py"))
+}
+
+/// Whether the callbacks are installed right now (tracing is enabled and
+/// some session records `python:*` events): for tests and diagnostics.
+#[pyfunction]
+fn _armed() -> bool {
+    hook::ARMED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// atexit: stop the watcher thread before the interpreter finalizes.
+#[pyfunction]
+fn _stop_watcher(py: Python<'_>) {
+    hook::stop_watcher(py)
 }
 
 /// `with pyust.tracing():` and `@pyust.tracing()`: trace a block or a
@@ -184,6 +227,8 @@ fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;
+    m.add_function(wrap_pyfunction!(_stop_watcher, m)?)?;
+    m.add_function(wrap_pyfunction!(_armed, m)?)?;
     m.add_class::<Tracing>()?;
     m.add_class::<TracedFunction>()?;
     let classes = [

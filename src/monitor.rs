@@ -133,23 +133,35 @@ fn event_set(py: Python<'_>) -> PyResult<u32> {
     Ok(set)
 }
 
+/// `sys.monitoring` events are interpreter-wide: arming reaches every thread.
+pub const CAN_ARM_ALL_THREADS: bool = true;
+
+/// Tracing is enabled: claim the tool id and register the callbacks.
 pub fn start(py: Python<'_>, _thread_start: &Bound<'_, PyAny>) -> PyResult<()> {
     LEFT.with(|l| l.set(false));
-    let tool = register(py)?;
-    py.import("sys")?
-        .getattr("monitoring")?
-        .call_method1("set_events", (tool, event_set(py)?))?;
+    register(py).map(drop)
+}
+
+pub fn stop(_py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
-pub fn stop(py: Python<'_>) -> PyResult<()> {
+fn set_events(py: Python<'_>, events: u32) -> PyResult<()> {
     let tool = TOOL.load(Ordering::SeqCst);
     if tool >= 0 {
         py.import("sys")?
             .getattr("monitoring")?
-            .call_method1("set_events", (tool, 0))?;
+            .call_method1("set_events", (tool, events))?;
     }
     Ok(())
+}
+
+pub fn arm(py: Python<'_>) -> PyResult<()> {
+    set_events(py, event_set(py)?)
+}
+
+pub fn disarm(py: Python<'_>) -> PyResult<()> {
+    set_events(py, 0)
 }
 
 pub fn leave_current_thread() {

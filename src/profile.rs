@@ -196,7 +196,7 @@ unsafe extern "C" fn profile_hook(
 
 unsafe fn profile_event(frame: *mut ffi::PyFrameObject, what: c_int, arg: *mut ffi::PyObject) {
     let py = Python::assume_attached();
-    if !ENABLED.load(Ordering::Relaxed) {
+    if !ENABLED.load(Ordering::Relaxed) || !hook::ARMED.load(Ordering::Relaxed) {
         uninstall_current_thread();
         return;
     }
@@ -300,23 +300,66 @@ fn uninstall_current_thread() {
     }
 }
 
-/// Starts tracing (`hook::ENABLED` is already set): the calling thread now,
-/// threads started later through threading's profile hook.
+/// Whether `arm` reaches every thread (3.9+: `_PyEval_SetProfile` takes a
+/// thread state). On 3.8 tracing is armed for good at `enable()`.
+pub const CAN_ARM_ALL_THREADS: bool = cfg!(Py_3_9);
+
+/// The launcher's thread once its script has ended: never armed again.
+static LEFT: std::sync::atomic::AtomicPtr<ffi::PyThreadState> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Tracing is enabled: threads started later arm themselves through
+/// threading's profile hook.
 pub fn start(py: Python<'_>, thread_start: &Bound<'_, PyAny>) -> PyResult<()> {
-    set_threading_hook(py, thread_start)?;
+    // SAFETY: GIL held.
+    let current = unsafe { ffi::PyThreadState_Get() };
+    let _ = LEFT.compare_exchange(
+        current,
+        std::ptr::null_mut(),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    set_threading_hook(py, thread_start)
+}
+
+/// Tracing is disabled.
+pub fn stop(py: Python<'_>) -> PyResult<()> {
+    set_threading_hook(py, &py.None().into_bound(py))
+}
+
+/// Installs the callbacks on every thread of the interpreter (3.9+), or on
+/// this one (3.8).
+pub fn arm(_py: Python<'_>) -> PyResult<()> {
+    #[cfg(Py_3_9)]
+    // SAFETY: GIL held, so the thread list is stable; each state is live.
+    unsafe {
+        let left = LEFT.load(Ordering::SeqCst);
+        let mut ts = ffi::PyInterpreterState_ThreadHead(ffi::PyInterpreterState_Get());
+        while !ts.is_null() {
+            if ts != left {
+                tp::set_profile(ts, Some(profile_hook));
+                tp::set_trace(ts, Some(trace_hook));
+            }
+            ts = ffi::PyThreadState_Next(ts);
+        }
+    }
+    #[cfg(not(Py_3_9))]
     install_current_thread();
     Ok(())
 }
 
-/// Stops tracing (`hook::ENABLED` is already clear): this thread now, the
-/// others at their next event.
-pub fn stop(py: Python<'_>) -> PyResult<()> {
+/// Removes the callbacks: from this thread now, from the others at their
+/// next event (each removes only its own: a profiler the program installed
+/// since stays).
+pub fn disarm(_py: Python<'_>) -> PyResult<()> {
     uninstall_current_thread();
-    set_threading_hook(py, &py.None().into_bound(py))
+    Ok(())
 }
 
 /// Stops reporting this thread only (the launcher, once the script ends).
 pub fn leave_current_thread() {
+    // SAFETY: GIL held by the caller.
+    LEFT.store(unsafe { ffi::PyThreadState_Get() }, Ordering::SeqCst);
     uninstall_current_thread();
 }
 
@@ -335,7 +378,7 @@ fn set_threading_hook(py: Python<'_>, hook: &Bound<'_, PyAny>) -> PyResult<()> {
 /// `threading.setprofile`, it replaces itself with the C hooks and reports
 /// the event it was called for.
 pub fn thread_start(frame: &Bound<'_, PyAny>, event: &str) {
-    if !ENABLED.load(Ordering::SeqCst) {
+    if !ENABLED.load(Ordering::SeqCst) || !hook::ARMED.load(Ordering::SeqCst) {
         uninstall_current_thread();
         return;
     }

@@ -151,3 +151,68 @@ def test_session_active_and_tracepoints(session: Session) -> None:
         "-c", "import pyust; print(pyust.session_active(), pyust._pyust._tracepoints)"
     )
     assert proc.stdout.split() == ["True", "5"]
+
+
+def test_idle_until_a_session_listens(sessiond: None, tmp_path: Path) -> None:
+    """enable() with no session recording: nothing is installed. A session
+    that starts later arms the hook (the watcher polls every 20 ms); one
+    that stops disarms it."""
+    from conftest import lttng, make_session
+
+    ready = tmp_path / "ready"
+    go = tmp_path / "go"
+    stopped = tmp_path / "stopped"
+    script = write_script(
+        tmp_path,
+        "idle.py",
+        f"""
+import os, sys, time, pyust
+from pyust import _pyust
+def marker():
+    pass
+def wait_for(cond, what):
+    deadline = time.time() + 30
+    while not cond():
+        if time.time() > deadline:
+            sys.exit("timed out waiting for " + what)
+        time.sleep(0.001)
+pyust.enable()
+print(pyust.is_enabled(), _pyust._armed(), sys.getprofile(), flush=True)
+open({str(ready)!r}, "w").close()
+wait_for(lambda: pyust.session_active(), "a session")
+seen = time.perf_counter()
+wait_for(_pyust._armed, "arming")
+print("armed after", round((time.perf_counter() - seen) * 1000), "ms", flush=True)
+for _ in range(3):
+    marker()
+open({str(go)!r}, "w").close()
+wait_for(lambda: os.path.exists({str(stopped)!r}), "the session to stop")
+wait_for(lambda: not _pyust._armed(), "disarming")
+print("disarmed", pyust.is_enabled(), flush=True)
+""",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    import time
+
+    deadline = time.time() + 30
+    while not ready.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    s = make_session(tmp_path)
+    try:
+        while not go.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        events = s.stop()
+        lttng("destroy", s.name)
+        stopped.touch()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        lttng("destroy", s.name, check=False)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "True False None"
+    assert lines[1].startswith("armed after ")
+    assert lines[2] == "disarmed True"
+    mine = [e for e in events if e.vpid == proc.pid]
+    assert [e["co_qualname"] for e in mine if e.name == "call"].count("marker") == 3
