@@ -30,9 +30,19 @@ from conftest import (
     write_script,
 )
 
+
+def _can_unshare() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "true"], capture_output=True
+    )
+    return probe.returncode == 0
+
+
 needs_root_ns = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="needs root and unshare(1) for a private mount namespace",
+    not _can_unshare(),
+    reason="needs root and unshare(1) with private mount and PID namespaces (not in a container)",
 )
 
 
@@ -354,6 +364,38 @@ def test_concurrent_enable_disable(session: Session, tmp_path: Path) -> None:
         if e.name in ("call", "return"):
             depth[e.vtid] = depth.get(e.vtid, 0) + (1 if e.name == "call" else -1)
             assert depth[e.vtid] >= 0
+
+
+def test_asyncio_nests_per_thread(session: Session, tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "aio.py",
+        textwrap.dedent(
+            """
+            import asyncio
+            async def step(n):
+                await asyncio.sleep(0)
+                if n == 2:
+                    raise ValueError(n)
+                return n
+            async def main():
+                results = await asyncio.gather(*(step(n) for n in range(4)), return_exceptions=True)
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, sum, [1, 2])
+                return results
+            print(asyncio.run(main()))
+            """
+        ),
+    )
+    proc, events = run_traced(session, script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[0, 1, ValueError(2), 3]"
+    check_nesting(events)
+    steps = [e for e in events if e.name == "call" and e["co_qualname"] == "step"]
+    # Each coroutine starts, suspends at sleep(0) and resumes: two calls.
+    assert len(steps) == 8
+    raised = [e for e in events if e.name == "exception" and e["co_qualname"] == "step"]
+    assert [e["exc_type"] for e in raised] == ["ValueError"]
 
 
 def test_multiprocessing_fork_children(session: Session, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 //! The devcontainer check: the real devcontainer CLI brings up
-//! .devcontainer/devcontainer.json, and `cargo xtask e2e --local` passes
-//! inside it.
+//! .devcontainer/devcontainer.json, and `cargo xtask e2e --local` and the
+//! pytest suites pass inside it (the distribution's CPython, e.g. 3.13 on
+//! Debian trixie).
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
@@ -32,14 +33,23 @@ pub fn check(sh: &Shell, base: &str) -> Result<()> {
     .ignore_stdout()
     .run()
     .context("devcontainer up");
-    let result = up.and_then(|()| {
-        cmd!(
-            sh,
-            "devcontainer exec --workspace-folder {folder} cargo xtask e2e --local"
-        )
-        .run()
-        .context("cargo xtask e2e --local inside the devcontainer")
-    });
+    let result = up
+        .and_then(|()| {
+            cmd!(
+                sh,
+                "devcontainer exec --workspace-folder {folder} cargo xtask e2e --local"
+            )
+            .run()
+            .context("cargo xtask e2e --local inside the devcontainer")
+        })
+        .and_then(|()| {
+            cmd!(
+                sh,
+                "devcontainer exec --workspace-folder {folder} cargo xtask pytest"
+            )
+            .run()
+            .context("the pytest suites inside the devcontainer")
+        });
     // Remove the container whatever happened.
     if let Ok(ids) = cmd!(sh, "docker ps -aq --filter label={label}")
         .quiet()

@@ -27,6 +27,9 @@ tasks:
                     ubuntu:24.04) or on this machine (--local), and compare
                     the normalized traces with xtask/src/snapshots
                     (accept changes: cargo insta review)
+  pytest [--python PYTHON]
+                    build pyust into a virtualenv of PYTHON (default
+                    python3) and run the pytest suites
   base-image [--suite SUITE] [--force]
                     debootstrap a minimal Debian (default trixie) into the
                     local image local/debian:SUITE
@@ -56,6 +59,17 @@ fn run() -> Result<()> {
             [script] => demo::run(&sh, Some(script)),
             _ => bail!("usage: cargo xtask demo [script.py]"),
         },
+        "pytest" => {
+            let python = match rest {
+                [] => "python3".to_owned(),
+                [flag, python] if flag == "--python" => python.clone(),
+                _ => bail!("usage: cargo xtask pytest [--python PYTHON]"),
+            };
+            common::ensure_sessiond(&sh)?;
+            let venv_python = common::python_env(&sh, &python)?;
+            xshell::cmd!(sh, "{venv_python} -m pytest -q tests").run()?;
+            Ok(())
+        }
         "base-image" => {
             let mut suite = docker::DEFAULT_SUITE.to_owned();
             let mut force = false;
