@@ -211,6 +211,40 @@ fn thread_start(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     py.import("pyust._pyust")?.getattr("_thread_start")
 }
 
+/// Bench only (`--features bench`): switch a no-op hook on or off on this
+/// thread — "profile" (a C no-op `PyEval_SetProfile` function) or, on
+/// 3.12+, "monitoring" (C no-op `sys.monitoring` callbacks).
+#[cfg(feature = "bench")]
+#[pyfunction]
+fn _bench_floor(py: Python<'_>, kind: &str, on: bool) -> PyResult<()> {
+    unsafe extern "C" fn noop(
+        _obj: *mut pyo3::ffi::PyObject,
+        _frame: *mut pyo3::ffi::PyFrameObject,
+        _what: std::ffi::c_int,
+        _arg: *mut pyo3::ffi::PyObject,
+    ) -> std::ffi::c_int {
+        0
+    }
+    match kind {
+        // SAFETY: GIL held; a function that does nothing.
+        "profile" => unsafe {
+            pyo3::ffi::PyEval_SetProfile(
+                on.then_some(noop as pyo3::ffi::Py_tracefunc),
+                std::ptr::null_mut(),
+            );
+            Ok(())
+        },
+        #[cfg(Py_3_12)]
+        "monitoring" => monitor::bench_floor(py, on),
+        _ => {
+            let _ = py;
+            Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "no {kind} floor here"
+            )))
+        }
+    }
+}
+
 #[pymodule]
 fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     hook::init(m.py());
@@ -229,6 +263,8 @@ fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;
     m.add_function(wrap_pyfunction!(_stop_watcher, m)?)?;
     m.add_function(wrap_pyfunction!(_armed, m)?)?;
+    #[cfg(feature = "bench")]
+    m.add_function(wrap_pyfunction!(_bench_floor, m)?)?;
     m.add_class::<Tracing>()?;
     m.add_class::<TracedFunction>()?;
     let classes = [

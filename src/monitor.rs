@@ -313,3 +313,47 @@ unsafe extern "C" fn on_c_return(
         }
     })
 }
+
+/// Bench only: C no-op callbacks for the same events under another tool id
+/// (the optimizer's, 5), the floor of any `sys.monitoring` tool.
+#[cfg(feature = "bench")]
+pub fn bench_floor(py: Python<'_>, on: bool) -> PyResult<()> {
+    unsafe extern "C" fn noop(
+        _slf: *mut ffi::PyObject,
+        _args: *mut *mut ffi::PyObject,
+        _nargs: ffi::Py_ssize_t,
+    ) -> *mut ffi::PyObject {
+        let none = ffi::Py_None();
+        ffi::Py_IncRef(none);
+        none
+    }
+    static NOOP: MethodDef = def(cstr(b"pyust_bench_noop\0"), noop);
+    const FLOOR_TOOL: i32 = 5;
+    let monitoring = py.import("sys")?.getattr("monitoring")?;
+    if !on {
+        monitoring.call_method1("set_events", (FLOOR_TOOL, 0))?;
+        monitoring.call_method1("free_tool_id", (FLOOR_TOOL,))?;
+        return Ok(());
+    }
+    monitoring.call_method1("use_tool_id", (FLOOR_TOOL, "pyust-bench-floor"))?;
+    // SAFETY: a static method definition; no self, no module.
+    let func = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyCFunction_NewEx(
+                std::ptr::addr_of!(NOOP.0).cast_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            ),
+        )?
+    };
+    let events = monitoring.getattr("events")?;
+    for (event, _) in &CALLBACKS {
+        monitoring.call_method1(
+            "register_callback",
+            (FLOOR_TOOL, events.getattr(*event)?, &func),
+        )?;
+    }
+    monitoring.call_method1("set_events", (FLOOR_TOOL, event_set(py)?))?;
+    Ok(())
+}

@@ -139,6 +139,66 @@ def test_session_daemon_killed_mid_run(tmp_path: Path) -> None:
     assert "status=0" in proc.stdout
 
 
+@needs_root_ns
+def test_idle_until_a_session_listens(tmp_path: Path) -> None:
+    """enable() with no session recording: nothing is installed. A session
+    that starts later arms the hook (the watcher polls every 20 ms); one
+    that stops disarms it. (Its own daemon: no other session can arm it.)"""
+    ready, go, stopped = tmp_path / "ready", tmp_path / "go", tmp_path / "stopped"
+    script = write_script(
+        tmp_path,
+        "idle.py",
+        f"""
+import os, sys, time, pyust
+from pyust import _pyust
+def marker():
+    pass
+def wait_for(cond, what):
+    deadline = time.time() + 30
+    while not cond():
+        if time.time() > deadline:
+            sys.exit("timed out waiting for " + what)
+        time.sleep(0.001)
+pyust.enable()
+print(pyust.is_enabled(), _pyust._armed(), sys.getprofile(), flush=True)
+open({str(ready)!r}, "w").close()
+wait_for(lambda: pyust.session_active(), "a session")
+wait_for(_pyust._armed, "arming")
+for _ in range(3):
+    marker()
+open({str(go)!r}, "w").close()
+wait_for(lambda: os.path.exists({str(stopped)!r}), "the session to stop")
+wait_for(lambda: not _pyust._armed(), "disarming")
+print("disarmed", pyust.is_enabled(), flush=True)
+""",
+    )
+    trace = tmp_path / "trace"
+    proc = in_private_lttng(
+        tmp_path,
+        f"""
+        lttng-sessiond --daemonize
+        $PY {script} > {tmp_path / "out.txt"} 2>&1 &
+        child=$!
+        while [ ! -e {ready} ]; do sleep 0.01; done
+        lttng create s --output={trace} >/dev/null
+        lttng enable-event -u 'python:*' >/dev/null
+        lttng add-context -u -t vpid >/dev/null
+        lttng start >/dev/null
+        while [ ! -e {go} ]; do sleep 0.01; done
+        lttng stop >/dev/null
+        lttng destroy >/dev/null
+        touch {stopped}
+        wait $child
+        echo "status=$?"
+        """,
+    )
+    out = (tmp_path / "out.txt").read_text()
+    assert "status=0" in proc.stdout, out + proc.stderr
+    assert out.splitlines() == ["True False None", "disarmed True"]
+    events = parse_trace(babeltrace(trace))
+    assert [e["co_qualname"] for e in events if e.name == "call"].count("marker") == 3
+
+
 def test_all_user_space_events_enabled(sessiond: None, tmp_path: Path) -> None:
     """`enable-event -u -a` includes LTTng's statedump and lib events (the
     prototype deadlocked on those): no deadlock, the trace is complete."""

@@ -5,6 +5,7 @@
 //!   base-image [--suite S]         a local Debian base image (debootstrap)
 //!   ci                             everything CI checks
 
+mod bench;
 mod common;
 mod demo;
 mod devcontainer;
@@ -27,6 +28,11 @@ tasks:
                     ubuntu:24.04) or on this machine (--local), and compare
                     the normalized traces with xtask/src/snapshots
                     (accept changes: cargo insta review)
+  bench [--python 3.X]... [--rounds N] [--no-callgrind]
+                    what tracing costs: workloads under untraced, cProfile,
+                    no-op hooks (the floor), pyust idle and recording,
+                    VizTracer; ns/event, instructions/event (callgrind),
+                    ratios, trace bytes/event (a benchmark: asserts nothing)
   pytest [--python PYTHON]
                     build pyust into a virtualenv of PYTHON (default
                     python3) and run the pytest suites
@@ -59,6 +65,7 @@ fn run() -> Result<()> {
             [script] => demo::run(&sh, Some(script)),
             _ => bail!("usage: cargo xtask demo [script.py]"),
         },
+        "bench" => bench::Bench::parse(rest)?.run(&sh),
         "pytest" => {
             let python = match rest {
                 [] => "python3".to_owned(),
