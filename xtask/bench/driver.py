@@ -43,7 +43,7 @@ def methods(n):
 
 
 def numbers(n):
-    for i in range(n):
+    for i in range(n):  # noqa: UP028 - one generator resume per value
         yield i
 
 

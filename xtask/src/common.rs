@@ -131,8 +131,8 @@ pub fn ci(sh: &Shell) -> Result<()> {
         let venv_python = python_env(sh, &python.to_string_lossy())?;
         if tested.is_empty() {
             step("ruff");
-            cmd!(sh, "{venv_python} -m ruff check python tests").run()?;
-            cmd!(sh, "{venv_python} -m ruff format --check python tests").run()?;
+            cmd!(sh, "{venv_python} -m ruff check python tests xtask/bench").run()?;
+            cmd!(sh, "{venv_python} -m ruff format --check python tests xtask/bench").run()?;
         }
         step(&format!("CPython {version}: pytest"));
         cmd!(sh, "{venv_python} -m pytest -q tests").run()?;
