@@ -132,7 +132,11 @@ pub fn ci(sh: &Shell) -> Result<()> {
         if tested.is_empty() {
             step("ruff");
             cmd!(sh, "{venv_python} -m ruff check python tests xtask/bench").run()?;
-            cmd!(sh, "{venv_python} -m ruff format --check python tests xtask/bench").run()?;
+            cmd!(
+                sh,
+                "{venv_python} -m ruff format --check python tests xtask/bench"
+            )
+            .run()?;
         }
         step(&format!("CPython {version}: pytest"));
         cmd!(sh, "{venv_python} -m pytest -q tests").run()?;
