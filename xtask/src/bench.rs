@@ -109,7 +109,7 @@ impl Bench {
             eprintln!("bench: round {}/{}", round + 1, self.rounds);
             for (workload, size) in WORKLOADS {
                 for mode in &modes {
-                    let out = run_mode(sh, python, driver, mode, workload, size, None)?;
+                    let out = run_mode(sh, python, driver, mode, workload, size)?;
                     idle_armed |= *mode == "pyust-idle" && out.armed;
                     seconds
                         .entry((workload, mode))
@@ -347,7 +347,7 @@ struct Trace {
 /// One traced run of `workload(size)`: its event count and trace size.
 fn record(sh: &Shell, python: &Path, driver: &Path, workload: &str, size: u32) -> Result<Trace> {
     let session = Session::start(sh)?;
-    let out = run_mode(sh, python, driver, "pyust", workload, size, Some(()))?;
+    let out = run_mode(sh, python, driver, "pyust", workload, size)?;
     let discarded = session.stop(sh)?;
     let dir = &session.dir;
     let text = cmd!(sh, "babeltrace2 {dir}").quiet().read()?;
@@ -381,8 +381,25 @@ fn dir_size(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
-/// One run of the driver. `pyust-session` gets a session of its own around
-/// the run; `pyust-idle` runs with none (`session` is for `record`).
+/// What a bench mode needs around its run: `pyust-session` a session of
+/// its own (`pyust-idle` and the others none), and the driver's name for it.
+fn setup<'m>(sh: &Shell, mode: &'m str) -> Result<(Option<Session>, &'m str)> {
+    let session = if mode == "pyust-session" {
+        Some(Session::start(sh)?)
+    } else {
+        None
+    };
+    Ok((
+        session,
+        if mode.starts_with("pyust") {
+            "pyust"
+        } else {
+            mode
+        },
+    ))
+}
+
+/// One run of the driver, timed by the driver itself.
 fn run_mode(
     sh: &Shell,
     python: &Path,
@@ -390,18 +407,8 @@ fn run_mode(
     mode: &str,
     workload: &str,
     size: u32,
-    session: Option<()>,
 ) -> Result<Outcome> {
-    let _guard = if mode == "pyust-session" && session.is_none() {
-        Some(Session::start(sh)?)
-    } else {
-        None
-    };
-    let driver_mode = if mode.starts_with("pyust") {
-        "pyust"
-    } else {
-        mode
-    };
+    let (_session, driver_mode) = setup(sh, mode)?;
     let size = size.to_string();
     let json = cmd!(sh, "{python} {driver} {driver_mode} {workload} {size}")
         .quiet()
@@ -431,16 +438,7 @@ fn callgrind(
     workload: &str,
     size: u32,
 ) -> Result<u64> {
-    let _guard = if mode == "pyust-session" {
-        Some(Session::start(sh)?)
-    } else {
-        None
-    };
-    let driver_mode = if mode.starts_with("pyust") {
-        "pyust"
-    } else {
-        mode
-    };
+    let (_session, driver_mode) = setup(sh, mode)?;
     let size = size.to_string();
     let out = cmd!(
         sh,
