@@ -244,6 +244,9 @@ fn bench_env(sh: &Shell, python: &Path) -> Result<PathBuf> {
     let venv = common::target_dir(sh).join(format!("bench-venv-{version}"));
     let venv_python = venv.join("bin").join("python");
     if !venv_python.exists() {
+        if venv.exists() {
+            sh.remove_path(&venv)?;
+        }
         cmd!(sh, "{python} -m venv {venv}").quiet().run()?;
         cmd!(
             sh,

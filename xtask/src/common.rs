@@ -67,12 +67,14 @@ pub fn python_env(sh: &Shell, python: &str) -> Result<PathBuf> {
         .quiet()
         .read()
         .with_context(|| format!("cannot run {python}"))?;
-    let venv = sh
-        .current_dir()
-        .join("target")
-        .join(format!("venv-{version}"));
+    let venv = target_dir(sh).join(format!("venv-{version}"));
     let venv_python = venv.join("bin").join("python");
     if !venv_python.exists() {
+        // Missing, or made by an interpreter that is not here (another
+        // machine or container sharing the folder): make it anew.
+        if venv.exists() {
+            sh.remove_path(&venv)?;
+        }
         cmd!(sh, "{python} -m venv {venv}").quiet().run()?;
     }
     let have_tools = cmd!(sh, "{venv_python} -c")

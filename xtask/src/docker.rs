@@ -148,10 +148,7 @@ pub fn base_image(sh: &Shell, suite: &str, force: bool) -> Result<String> {
         }
         apt_install(sh, &["debootstrap"])?;
     }
-    let rootfs = sh
-        .current_dir()
-        .join("target")
-        .join(format!("rootfs-{suite}"));
+    let rootfs = crate::common::target_dir(sh).join(format!("rootfs-{suite}"));
     if rootfs.exists() {
         sh.remove_path(&rootfs)?;
     }
