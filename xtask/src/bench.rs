@@ -262,6 +262,7 @@ fn bench_env(sh: &Shell, python: &Path) -> Result<PathBuf> {
         sh,
         "{bin}/maturin develop --release --quiet --features bench"
     )
+    .ignore_stdout()
     .env("VIRTUAL_ENV", &venv)
     .env("PATH", path)
     .env("PYO3_PYTHON", &venv_python)
@@ -356,11 +357,14 @@ fn record(sh: &Shell, python: &Path, driver: &Path, workload: &str, size: u32) -
     let text = cmd!(sh, "babeltrace2 {dir}").quiet().read()?;
     // The session records every process: count this one's events, and
     // size the trace by the average python:* event.
-    let mine = format!("vpid = {},", out.pid);
+    let mine = [
+        format!("vpid = {} ", out.pid),
+        format!("vpid = {},", out.pid),
+    ];
     let all = text.lines().filter(|l| l.contains(" python:")).count() as u64;
     let events = text
         .lines()
-        .filter(|l| l.contains(" python:") && l.contains(&mine))
+        .filter(|l| l.contains(" python:") && mine.iter().any(|m| l.contains(m.as_str())))
         .count() as u64;
     let bytes = dir_size(dir)? * events / all.max(1);
     Ok(Trace {
