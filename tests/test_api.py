@@ -144,6 +144,12 @@ def test_fork_child_traces_under_its_own_vpid(session: Session, tmp_path: Path) 
     assert child_calls == ["in_child"]
 
 
+def test_backend() -> None:
+    proc = run_python("-c", "import pyust; print(pyust.backend())")
+    expected = "sys.monitoring" if sys.version_info >= (3, 12) else "profile"
+    assert proc.stdout.strip() == expected
+
+
 def test_session_active_and_tracepoints(session: Session) -> None:
     # False without a session is checked where no other session on the
     # machine can interfere: test_faults.test_no_session_daemon.

@@ -24,9 +24,12 @@ is_enabled = _pyust.is_enabled
 session_active = _pyust.session_active
 #: ``with pyust.tracing(): ...`` or ``@pyust.tracing()``: trace a block or a function.
 tracing = _pyust.Tracing
+#: How this interpreter is hooked: ``"sys.monitoring"`` (3.12+) or ``"profile"``.
+backend = _pyust.backend
 
 __all__ = [
     "__version__",
+    "backend",
     "disable",
     "enable",
     "is_enabled",
