@@ -191,27 +191,11 @@ def run_python(
     )
 
 
-def run_traced(
-    session: Session, script: Path, *args: str
-) -> tuple[subprocess.CompletedProcess[str], list[Event]]:
-    """`python -m pyust script args` under `session`; its events only."""
+def _run_under(session: Session, argv: list[str], timeout: float):
+    """Run `argv` while `session` records; the finished process, its pid
+    and its events."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pyust", str(script), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    out, err = proc.communicate(timeout=120)
-    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    return done, session.events_of(proc.pid)
-
-
-def run_plain(session: Session, script: Path, timeout: float = 120):
-    """`python script` (no launcher: the script uses the API) under
-    `session`; the finished process, its pid and its events."""
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
+        argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -220,6 +204,20 @@ def run_plain(session: Session, script: Path, timeout: float = 120):
     out, err = proc.communicate(timeout=timeout)
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     return done, proc.pid, session.events_of(proc.pid)
+
+
+def run_traced(
+    session: Session, script: Path, *args: str
+) -> tuple[subprocess.CompletedProcess[str], list[Event]]:
+    """`python -m pyust script args` under `session`; its events only."""
+    done, _, events = _run_under(session, [sys.executable, "-m", "pyust", str(script), *args], 120)
+    return done, events
+
+
+def run_plain(session: Session, script: Path, timeout: float = 120):
+    """`python script` (no launcher: the script uses the API) under
+    `session`; the finished process, its pid and its events."""
+    return _run_under(session, [sys.executable, str(script)], timeout)
 
 
 def write_script(tmp_path: Path, name: str, source: str) -> Path:

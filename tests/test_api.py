@@ -6,18 +6,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Session, check_nesting, check_no_pyust_frames, run_python, write_script
+from conftest import (
+    Session,
+    check_nesting,
+    check_no_pyust_frames,
+    run_plain,
+    run_python,
+    write_script,
+)
 
 
 def run_script(session: Session, tmp_path: Path, source: str):
     """Run `source` with plain `python` (the API does the tracing)."""
     script = write_script(tmp_path, "prog.py", source)
-    proc = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    return out, session.events_of(proc.pid), script
+    proc, _, events = run_plain(session, script)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, events, script
 
 
 def calls(events, script: Path) -> list[str]:
