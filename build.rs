@@ -4,6 +4,7 @@ fn main() {
     pyo3_build_config::use_pyo3_cfgs();
     println!("cargo:rerun-if-changed=src/tp/python_tp.c");
     println!("cargo:rerun-if-changed=src/tp/python_tp.h");
+    println!("cargo:rerun-if-changed=src/tp/proto_tp.h");
 
     // `cargo:` lines make the link flags follow the static archive below.
     let ust = match pkg_config::Config::new()
@@ -28,8 +29,17 @@ fn main() {
         .define("LTTNG_UST_COMPAT_API_VERSION", "1")
         .flag_if_supported("-fvisibility=hidden")
         .warnings(true);
+    if std::env::var_os("CARGO_FEATURE_BENCH").is_some() {
+        build.define("PYUST_BENCH", None);
+    }
     for dir in &ust.include_paths {
         build.include(dir);
+    }
+    if std::env::var_os("CARGO_FEATURE_BENCH").is_some() {
+        // The prototype's hook, measured by `cargo xtask bench`: C against
+        // the headers of the interpreter pyo3 builds for.
+        println!("cargo:rerun-if-changed=src/tp/proto_hook.c");
+        build.file("src/tp/proto_hook.c").include(python_include());
     }
     build.compile("pyust_tp");
 
@@ -43,4 +53,20 @@ fn main() {
     for lib in &ust.libs {
         println!("cargo:rustc-link-lib=dylib={lib}");
     }
+}
+
+/// The C headers directory of the interpreter pyo3 builds for.
+fn python_include() -> String {
+    let python = pyo3_build_config::get()
+        .executable
+        .clone()
+        .unwrap_or_else(|| "python3".to_owned());
+    let out = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['include'])",
+        ])
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {python}: {err}"));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

@@ -16,7 +16,7 @@ use crate::profile as backend;
 use std::cell::{Cell, UnsafeCell};
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void, CStr, CString};
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use pyo3::ffi;
@@ -107,6 +107,10 @@ struct CodeInfo {
     /// The `__name__` object `module` was made from (a strong reference, so
     /// the pointer cannot be reused), and its UTF-8.
     module: UnsafeCell<(*mut ffi::PyObject, CString)>,
+    /// The globals dict `module` was last looked up in (address and
+    /// version tag, not a reference): while it is unchanged, so is its
+    /// `__name__`, and the lookup is skipped.
+    module_from: std::cell::Cell<(usize, u64)>,
 }
 
 impl Drop for CodeInfo {
@@ -215,6 +219,7 @@ unsafe fn store_code_info<'a>(code: *mut ffi::PyObject, names: names::CodeNames)
     let info = Box::new(CodeInfo {
         names,
         module: UnsafeCell::new((std::ptr::null_mut(), CString::default())),
+        module_from: std::cell::Cell::new((0, 0)),
     });
     let raw = Box::into_raw(info);
     if index >= 0 && tp::code_set_extra(code, index as ffi::Py_ssize_t, raw.cast()) {
@@ -233,6 +238,16 @@ unsafe fn module_name<'a>(
     info: &'a CodeInfo,
     globals: *mut ffi::PyObject,
 ) -> &'a CStr {
+    let version = if globals.is_null() {
+        0
+    } else {
+        tp::dict_version(globals)
+    };
+    let from = (globals as usize, version);
+    if version != 0 && info.module_from.get() == from {
+        return &(*info.module.get()).1;
+    }
+    info.module_from.set(from);
     let name = if globals.is_null() {
         std::ptr::null_mut()
     } else {
@@ -425,25 +440,47 @@ pub fn disable(py: Python<'_>) -> PyResult<()> {
     backend::stop(py)
 }
 
-/// Arms or disarms the callbacks as `ENABLED` and the sessions want.
+/// Which callbacks are armed: the backend's `shape` of the enabled events
+/// they were armed for, 0 when disarmed.
+static SHAPE: AtomicU8 = AtomicU8::new(0);
+
+/// The callbacks `ENABLED` and the sessions want now (a backend shape, 0
+/// for none).
+fn wanted_shape() -> u8 {
+    if !ENABLED.load(Ordering::SeqCst) {
+        return 0;
+    }
+    if !backend::CAN_ARM_ALL_THREADS {
+        return backend::FULL_SHAPE; // armed for good at enable()
+    }
+    backend::shape(tp::enabled())
+}
+
+/// Arms, re-arms or disarms the callbacks as `ENABLED` and the sessions
+/// want.
 fn sync(py: Python<'_>) {
-    let listened = !backend::CAN_ARM_ALL_THREADS || tp::enabled() != 0;
-    let want = ENABLED.load(Ordering::SeqCst) && listened;
-    if want == ARMED.load(Ordering::SeqCst) {
+    let want = wanted_shape();
+    let armed = SHAPE.load(Ordering::SeqCst);
+    if want == armed {
         return;
     }
-    if want {
-        // Frames already running close without a trace.
-        GENERATION.fetch_add(1, Ordering::Relaxed);
+    if want != 0 {
+        if armed == 0 {
+            // Frames already running close without a trace.
+            GENERATION.fetch_add(1, Ordering::Relaxed);
+        }
+        SHAPE.store(want, Ordering::SeqCst);
         ARMED.store(true, Ordering::SeqCst);
-        if let Err(err) = backend::arm(py) {
+        if let Err(err) = backend::arm(py, want) {
             ARMED.store(false, Ordering::SeqCst);
+            SHAPE.store(0, Ordering::SeqCst);
             err.restore(py);
             // SAFETY: GIL held; the error was just set.
             unsafe { ffi::PyErr_WriteUnraisable(std::ptr::null_mut()) };
         }
     } else {
         ARMED.store(false, Ordering::SeqCst);
+        SHAPE.store(0, Ordering::SeqCst);
         let _ = backend::disarm(py);
     }
 }
@@ -465,8 +502,7 @@ fn start_watcher(py: Python<'_>) -> PyResult<()> {
                 if WATCH_STOP.load(Ordering::SeqCst) {
                     break;
                 }
-                let want = ENABLED.load(Ordering::SeqCst) && tp::enabled() != 0;
-                if want != ARMED.load(Ordering::SeqCst) {
+                if wanted_shape() != SHAPE.load(Ordering::SeqCst) {
                     Python::attach(|py| {
                         if !WATCH_STOP.load(Ordering::SeqCst) {
                             sync(py);
@@ -503,6 +539,7 @@ pub fn stop_watcher(py: Python<'_>) {
 pub fn forked_for_exec() {
     ENABLED.store(false, Ordering::SeqCst);
     ARMED.store(false, Ordering::SeqCst);
+    SHAPE.store(0, Ordering::SeqCst);
 }
 
 /// In a forked child: the watcher thread did not survive the fork.

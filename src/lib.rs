@@ -41,7 +41,7 @@ fn backend() -> &'static str {
 /// Whether some LTTng session currently records `python:call`.
 #[pyfunction]
 fn session_active() -> bool {
-    ffi::enabled() & ffi::EV_CALL != 0
+    ffi::on(ffi::EV_CALL)
 }
 
 /// Run `code` with `globals` as its namespace, traced (the launcher's body).
@@ -211,9 +211,11 @@ fn thread_start(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     py.import("pyust._pyust")?.getattr("_thread_start")
 }
 
-/// Bench only (`--features bench`): switch a no-op hook on or off on this
-/// thread — "profile" (a C no-op `PyEval_SetProfile` function) or, on
-/// 3.12+, "monitoring" (C no-op `sys.monitoring` callbacks).
+/// Bench only (`--features bench`): switch a hook on or off on this
+/// thread — "profile" (a C no-op `PyEval_SetProfile` function), on 3.12+
+/// "monitoring" (C no-op `sys.monitoring` callbacks), or "prototype" (the
+/// original prototype's C profile hook recording `co_name` alone as
+/// `pyust_proto:*` events).
 #[cfg(feature = "bench")]
 #[pyfunction]
 fn _bench_floor(py: Python<'_>, kind: &str, on: bool) -> PyResult<()> {
@@ -226,6 +228,15 @@ fn _bench_floor(py: Python<'_>, kind: &str, on: bool) -> PyResult<()> {
         0
     }
     match kind {
+        // SAFETY: GIL held; installs or removes the prototype's C hook
+        // (src/tp/proto_hook.c) on this thread.
+        "prototype" => unsafe {
+            extern "C" {
+                fn pyust_proto_set(on: std::ffi::c_int);
+            }
+            pyust_proto_set(on.into());
+            Ok(())
+        },
         // SAFETY: GIL held; a function that does nothing.
         "profile" => unsafe {
             pyo3::ffi::PyEval_SetProfile(

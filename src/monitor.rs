@@ -156,7 +156,15 @@ fn set_events(py: Python<'_>, events: u32) -> PyResult<()> {
     Ok(())
 }
 
-pub fn arm(py: Python<'_>) -> PyResult<()> {
+/// One shape: sys.monitoring's callbacks cost nothing for events that
+/// are not recorded (each callback checks its event's flag first).
+pub const FULL_SHAPE: u8 = 1;
+
+pub fn shape(mask: std::ffi::c_int) -> u8 {
+    u8::from(mask != 0)
+}
+
+pub fn arm(py: Python<'_>, _shape: u8) -> PyResult<()> {
     set_events(py, event_set(py)?)
 }
 
@@ -208,7 +216,7 @@ unsafe extern "C" fn on_start(
     callback(|py| {
         hook::with_depth(|d| d.frames += 1);
         let code = arg(args, nargs, 0);
-        if !code.is_null() && tp::enabled() & tp::EV_CALL != 0 {
+        if !code.is_null() && tp::on(tp::EV_CALL) {
             // The callback runs in the new frame: its globals are current.
             hook::emit_call(py, code, ffi::PyEval_GetGlobals());
         }
@@ -227,7 +235,7 @@ unsafe extern "C" fn on_return(
             d.frames = d.frames.saturating_sub(1);
             open
         });
-        if open && tp::enabled() & tp::EV_RETURN != 0 {
+        if open && tp::on(tp::EV_RETURN) {
             tp::emit_return();
         }
     })
@@ -245,7 +253,7 @@ unsafe extern "C" fn on_raise(
             arg(args, nargs, 1),
             arg(args, nargs, 2),
         );
-        if code.is_null() || exc.is_null() || tp::enabled() & tp::EV_EXCEPTION == 0 {
+        if code.is_null() || exc.is_null() || !tp::on(tp::EV_EXCEPTION) {
             return;
         }
         let offset = ffi::PyLong_AsLong(offset);
@@ -282,7 +290,7 @@ unsafe extern "C" fn on_call(
             return;
         }
         hook::with_depth(|d| d.c_calls += 1);
-        if tp::enabled() & tp::EV_C_CALL == 0 {
+        if !tp::on(tp::EV_C_CALL) {
             return;
         }
         if ffi::PyCFunction_Check(callable) != 0 {
@@ -308,7 +316,7 @@ unsafe extern "C" fn on_c_return(
             d.c_calls = d.c_calls.saturating_sub(1);
             open
         });
-        if open && tp::enabled() & tp::EV_C_RETURN != 0 {
+        if open && tp::on(tp::EV_C_RETURN) {
             tp::emit_c_return();
         }
     })

@@ -200,11 +200,10 @@ unsafe fn profile_event(frame: *mut ffi::PyFrameObject, what: c_int, arg: *mut f
         uninstall_current_thread();
         return;
     }
-    let mask = tp::enabled();
     match what {
         ffi::PyTrace_CALL => {
             hook::with_depth(|d| d.frames += 1);
-            if mask & tp::EV_CALL != 0 {
+            if tp::on(tp::EV_CALL) {
                 let globals = frame_globals(frame);
                 hook::emit_call(py, frame_code(frame), globals);
                 release_globals(globals);
@@ -216,7 +215,7 @@ unsafe fn profile_event(frame: *mut ffi::PyFrameObject, what: c_int, arg: *mut f
                 d.frames = d.frames.saturating_sub(1);
                 open
             });
-            if open && mask & tp::EV_RETURN != 0 {
+            if open && tp::on(tp::EV_RETURN) {
                 tp::emit_return();
             }
         }
@@ -225,7 +224,7 @@ unsafe fn profile_event(frame: *mut ffi::PyFrameObject, what: c_int, arg: *mut f
                 return;
             }
             hook::with_depth(|d| d.c_calls += 1);
-            if mask & tp::EV_C_CALL != 0 {
+            if tp::on(tp::EV_C_CALL) {
                 hook::emit_c_call(py, arg);
             }
         }
@@ -238,7 +237,7 @@ unsafe fn profile_event(frame: *mut ffi::PyFrameObject, what: c_int, arg: *mut f
                 d.c_calls = d.c_calls.saturating_sub(1);
                 open
             });
-            if open && mask & tp::EV_C_RETURN != 0 {
+            if open && tp::on(tp::EV_C_RETURN) {
                 tp::emit_c_return();
             }
         }
@@ -264,6 +263,11 @@ unsafe extern "C" fn trace_hook(
 
 unsafe fn trace_event(frame: *mut ffi::PyFrameObject, what: c_int, arg: *mut ffi::PyObject) {
     let py = Python::assume_attached();
+    if !WANT_TRACE.load(Ordering::Relaxed) {
+        // Re-armed without python:exception (or disarmed): leave.
+        ffi::PyEval_SetTrace(None, std::ptr::null_mut());
+        return;
+    }
     match what {
         ffi::PyTrace_CALL | ffi::PyTrace_LINE => match LAYOUT.get().and_then(|l| l.trace_lines) {
             // SAFETY: the offset of the frame's f_trace_lines flag, checked at import.
@@ -273,21 +277,42 @@ unsafe fn trace_event(frame: *mut ffi::PyFrameObject, what: c_int, arg: *mut ffi
                 let _ = frame.setattr(pyo3::intern!(py, "f_trace_lines"), false);
             }),
         },
-        ffi::PyTrace_EXCEPTION
-            if ENABLED.load(Ordering::Relaxed) && tp::enabled() & tp::EV_EXCEPTION != 0 =>
-        {
+        ffi::PyTrace_EXCEPTION if ENABLED.load(Ordering::Relaxed) && tp::on(tp::EV_EXCEPTION) => {
             emit_exception(py, frame, arg);
         }
         _ => {}
     }
 }
 
-/// Installs both callbacks on the calling thread.
+/// Shapes (see `hook::sync`): the profile function for calls, returns
+/// and C calls; the trace function as well when `python:exception` is
+/// recorded. A trace function costs more than the profile function
+/// itself (a second callback per call and return, and CPython's per-line
+/// checks in every traced frame), so it is only there when needed.
+const PROFILE: u8 = 1;
+const TRACE: u8 = 2;
+pub const FULL_SHAPE: u8 = PROFILE | TRACE;
+
+/// The callbacks the enabled events `mask` need (0: none).
+pub fn shape(mask: c_int) -> u8 {
+    match mask {
+        0 => 0,
+        m if m & tp::EV_EXCEPTION != 0 => FULL_SHAPE,
+        _ => PROFILE,
+    }
+}
+
+/// Whether the trace function is part of the armed shape.
+static WANT_TRACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Installs the callbacks of the armed shape on the calling thread.
 fn install_current_thread() {
     // SAFETY: the GIL is held by every caller (pyfunctions and the hooks).
     unsafe {
         ffi::PyEval_SetProfile(Some(profile_hook), std::ptr::null_mut());
-        ffi::PyEval_SetTrace(Some(trace_hook), std::ptr::null_mut());
+        if WANT_TRACE.load(Ordering::SeqCst) {
+            ffi::PyEval_SetTrace(Some(trace_hook), std::ptr::null_mut());
+        }
     }
 }
 
@@ -327,9 +352,12 @@ pub fn stop(py: Python<'_>) -> PyResult<()> {
     set_threading_hook(py, &py.None().into_bound(py))
 }
 
-/// Installs the callbacks on every thread of the interpreter (3.9+), or on
-/// this one (3.8).
-pub fn arm(_py: Python<'_>) -> PyResult<()> {
+/// Installs the callbacks of `shape` on every thread of the interpreter
+/// (3.9+), or on this one (3.8). A trace function no longer wanted is
+/// removed by each thread at its next trace event.
+pub fn arm(_py: Python<'_>, shape: u8) -> PyResult<()> {
+    let trace = shape & TRACE != 0;
+    WANT_TRACE.store(trace, Ordering::SeqCst);
     #[cfg(Py_3_9)]
     // SAFETY: GIL held, so the thread list is stable; each state is live.
     unsafe {
@@ -338,7 +366,9 @@ pub fn arm(_py: Python<'_>) -> PyResult<()> {
         while !ts.is_null() {
             if ts != left {
                 tp::set_profile(ts, Some(profile_hook));
-                tp::set_trace(ts, Some(trace_hook));
+                if trace {
+                    tp::set_trace(ts, Some(trace_hook));
+                }
             }
             ts = ffi::PyThreadState_Next(ts);
         }

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import (
     Session,
     check_nesting,
     check_no_pyust_frames,
+    lttng,
+    make_session,
     run_plain,
     run_python,
     write_script,
@@ -161,3 +164,63 @@ def test_session_active_and_tracepoints(session: Session) -> None:
         "-c", "import pyust; print(pyust.session_active(), pyust._pyust._tracepoints)"
     )
     assert proc.stdout.split() == ["True", "5"]
+
+
+def test_exception_events_enabled_in_a_running_session(sessiond: None, tmp_path: Path) -> None:
+    """A session recording calls only, then python:exception as well: the
+    exception hook (3.8-3.11: a trace function, installed only while that
+    event is recorded) reaches the running program."""
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    script = write_script(
+        tmp_path,
+        "late.py",
+        f"""
+import os, sys, time, pyust
+def fail():
+    raise ValueError("x")
+def attempt():
+    try:
+        fail()
+    except ValueError:
+        pass
+pyust.enable()
+attempt()
+open({str(ready)!r}, "w").close()
+deadline = time.time() + 60
+while not os.path.exists({str(go)!r}):
+    if time.time() > deadline:
+        sys.exit("timed out")
+    time.sleep(0.001)
+time.sleep(0.5)  # 25 periods of the watcher, which re-arms within one
+attempt()
+""",
+    )
+    session = make_session(tmp_path, events="python:call,python:return")
+    try:
+        proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while not ready.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        lttng("enable-event", "-u", f"--session={session.name}", "--channel=c", "python:exception")
+        go.touch()
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        events = session.events_of(proc.pid)
+    finally:
+        lttng("destroy", session.name, check=False)
+    check_nesting(events)
+    mine = [
+        e.short()
+        for e in events
+        if (e.name == "exception" and e["co_qualname"] in ("fail", "attempt"))
+        or (e.name == "call" and e["co_filename"] == str(script))
+    ]
+    first = mine.index("call attempt")
+    second = mine.index("call attempt", first + 1)
+    assert mine[first:second] == ["call attempt", "call fail"]
+    assert mine[second:] == [
+        "call attempt",
+        "call fail",
+        "exception ValueError",
+        "exception ValueError",
+    ]

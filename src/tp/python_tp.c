@@ -9,6 +9,9 @@
 #define LTTNG_UST_TRACEPOINT_CREATE_PROBES
 #define LTTNG_UST_TRACEPOINT_DEFINE
 #include "python_tp.h"
+#ifdef PYUST_BENCH
+#include "proto_tp.h" /* the prototype's provider, for the benchmark */
+#endif
 
 #include <signal.h>
 #include <lttng/ust-fork.h>
@@ -29,15 +32,18 @@ int pyust_tp_count(void)
 		- __start_lttng_ust_tracepoints_ptrs);
 }
 
-/* Bit i set when event i (see PYUST_EV_* in src/tp.rs) is enabled. */
-int pyust_tp_enabled(void)
-{
-	return (lttng_ust_tracepoint_enabled(python, call) ? 1 : 0)
-		| (lttng_ust_tracepoint_enabled(python, return) ? 2 : 0)
-		| (lttng_ust_tracepoint_enabled(python, c_call) ? 4 : 0)
-		| (lttng_ust_tracepoint_enabled(python, c_return) ? 8 : 0)
-		| (lttng_ust_tracepoint_enabled(python, exception) ? 16 : 0);
-}
+/*
+ * The enabled flags of the five events (what lttng_ust_tracepoint_enabled()
+ * reads), in the order of the EV_* bits of src/ffi.rs: Rust loads them
+ * directly on the hot path, one load per check instead of a call.
+ */
+const int *const pyust_tp_states[5] = {
+	&lttng_ust_tracepoint_python___call.state,
+	&lttng_ust_tracepoint_python___return.state,
+	&lttng_ust_tracepoint_python___c_call.state,
+	&lttng_ust_tracepoint_python___c_return.state,
+	&lttng_ust_tracepoint_python___exception.state,
+};
 
 void pyust_tp_emit_call(const char *co_name, const char *co_qualname,
 		const char *module, const char *co_filename,

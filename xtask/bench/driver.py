@@ -2,7 +2,10 @@
 
 Modes: untraced, cprofile, floor-profile (a C no-op PyEval_SetProfile hook,
 the floor of any profile-hook tracer), floor-monitoring (C no-op
-sys.monitoring callbacks for pyust's events; 3.12+), pyust (enabled; a
+sys.monitoring callbacks for pyust's events; 3.12+), floor-prototype (the
+original prototype's design: a C profile hook recording co_name alone as
+pyust_proto:* events; a session records them or not, as the caller set
+up), pyust (enabled; a
 session records or not, as the caller set up), viztracer (its defaults;
 save() timed apart).
 """
@@ -75,7 +78,7 @@ def main():
         profiler = cProfile.Profile()
         start = time.perf_counter()
         profiler.runcall(func, size)
-    elif mode in ("floor-profile", "floor-monitoring"):
+    elif mode in ("floor-profile", "floor-monitoring", "floor-prototype"):
         from pyust import _pyust
 
         kind = mode.split("-", 1)[1]

@@ -4,14 +4,18 @@
 //! Python calls (fib), many C calls (a builtins loop), methods and
 //! generators run under: untraced; cProfile; a C no-op profile hook (the
 //! floor of any `PyEval_SetProfile` tracer); on 3.12+ C no-op
-//! `sys.monitoring` callbacks (that API's floor); pyust enabled with no
-//! session; pyust with a session recording every `python:*` event; and
+//! `sys.monitoring` callbacks (that API's floor); the original prototype's
+//! design (a C profile hook recording `co_name` alone, `pyust_proto:*`)
+//! with a session recording it; pyust enabled with no session; pyust with
+//! a session recording the prototype's four events with SPEC's fields
+//! (`pyust-calls`), and every `python:*` event (`pyust-session`); and
 //! VizTracer with its defaults (its `save()` timed apart).
 //!
 //! Figures: wall-clock ns/event (median of interleaved rounds; noisy
 //! here), instructions/event above the untraced run (callgrind: the stable
-//! figure), ratios to the no-op floor and to untraced, and trace bytes per
-//! event. Events are counted in pyust's own traces of each workload.
+//! figure), ratios to the no-op floor, to the prototype and to untraced,
+//! and trace bytes per event. Events are counted in pyust's own traces of
+//! each workload.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -91,7 +95,13 @@ impl Bench {
         if monitoring {
             modes.push("floor-monitoring");
         }
-        modes.extend(["pyust-idle", "pyust-session", "viztracer"]);
+        modes.extend([
+            "prototype-session",
+            "pyust-idle",
+            "pyust-calls",
+            "pyust-session",
+            "viztracer",
+        ]);
 
         // Events per workload and size, from pyust's own traces.
         let mut events: HashMap<(&str, u32), Trace> = HashMap::new();
@@ -140,8 +150,8 @@ impl Bench {
 
         let mut table = format!(
             "\n### CPython {version} ({} rounds; ns/event: median wall clock; instr/event: callgrind, above untraced)\n\n\
-             | workload | mode | ns/event | × untraced | instr/event | × floor | notes |\n\
-             |---|---|---:|---:|---:|---:|---|\n",
+             | workload | mode | ns/event | × untraced | instr/event | × floor | × prototype | notes |\n\
+             |---|---|---:|---:|---:|---:|---:|---|\n",
             self.rounds
         );
         for (workload, size) in WORKLOADS {
@@ -151,6 +161,10 @@ impl Bench {
             let base_instr = instructions.get(&(workload, "untraced")).copied();
             let floor_instr = instructions
                 .get(&(workload, "floor-profile"))
+                .zip(base_instr)
+                .map(|(f, b)| f - b);
+            let proto_instr = instructions
+                .get(&(workload, "prototype-session"))
                 .zip(base_instr)
                 .map(|(f, b)| f - b);
             for &mode in &modes {
@@ -164,9 +178,15 @@ impl Bench {
                     (_, Some(i)) => format!("{i:.0}"),
                     _ => "-".into(),
                 };
-                let floor_cell = match (instr, floor_instr) {
+                let ratio = |base: Option<f64>| match (instr, base) {
                     (Some(i), Some(f)) if mode != "untraced" && f > 0.0 => format!("{:.2}", i / f),
                     _ => "-".into(),
+                };
+                let floor_cell = ratio(floor_instr);
+                let proto_cell = if mode.ends_with("-session") || mode == "pyust-calls" {
+                    ratio(proto_instr)
+                } else {
+                    "-".into()
                 };
                 let note = match mode {
                     "pyust-session" => format!(
@@ -188,7 +208,7 @@ impl Bench {
                     _ => String::new(),
                 };
                 table.push_str(&format!(
-                    "| {workload}({size}) | {mode} | {:.1} | {:.2} | {instr_cell} | {floor_cell} | {note} |\n",
+                    "| {workload}({size}) | {mode} | {:.1} | {:.2} | {instr_cell} | {floor_cell} | {proto_cell} | {note} |\n",
                     s * 1e9 / n,
                     s / untraced,
                 ));
@@ -277,15 +297,18 @@ struct Outcome {
     armed: bool,
 }
 
-/// A session recording every `python:*` event of one process, with room
+/// A session recording `events` (e.g. every `python:*` event), with room
 /// for bursts (8 × 8 MiB per CPU).
 struct Session {
     name: String,
     dir: PathBuf,
 }
 
+/// The four events of the original prototype (no `python:exception`).
+const PROTOTYPE_EVENTS: &str = "python:call,python:return,python:c_call,python:c_return";
+
 impl Session {
-    fn start(sh: &Shell) -> Result<Session> {
+    fn start(sh: &Shell, events: &str) -> Result<Session> {
         let name = format!("pyust-bench-{}", std::process::id());
         let dir = common::target_dir(sh).join("bench-trace");
         if dir.exists() {
@@ -304,7 +327,7 @@ impl Session {
         .quiet()
         .ignore_stdout()
         .run()?;
-        cmd!(sh, "lttng enable-event -u {s} -c c python:*")
+        cmd!(sh, "lttng enable-event -u {s} -c c {events}")
             .quiet()
             .ignore_stdout()
             .run()?;
@@ -350,7 +373,7 @@ struct Trace {
 
 /// One traced run of `workload(size)`: its event count and trace size.
 fn record(sh: &Shell, python: &Path, driver: &Path, workload: &str, size: u32) -> Result<Trace> {
-    let session = Session::start(sh)?;
+    let session = Session::start(sh, "python:*")?;
     let out = run_mode(sh, python, driver, "pyust", workload, size)?;
     let discarded = session.stop(sh)?;
     let dir = &session.dir;
@@ -388,18 +411,25 @@ fn dir_size(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
-/// What a bench mode needs around its run: `pyust-session` a session of
-/// its own (`pyust-idle` and the others none), and the driver's name for it.
+/// What a bench mode needs around its run — a session of its own for
+/// `pyust-session` (every `python:*` event), `pyust-calls` (the
+/// prototype's four events, full fields) and `prototype-session` (the
+/// prototype's design, `pyust_proto:*`); none for the others — and the
+/// driver's name for the mode.
 fn setup<'m>(sh: &Shell, mode: &'m str) -> Result<(Option<Session>, &'m str)> {
-    let session = if mode == "pyust-session" {
-        Some(Session::start(sh)?)
-    } else {
-        None
+    let events = match mode {
+        "pyust-session" => Some("python:*"),
+        "pyust-calls" => Some(PROTOTYPE_EVENTS),
+        "prototype-session" => Some("pyust_proto:*"),
+        _ => None,
     };
+    let session = events.map(|e| Session::start(sh, e)).transpose()?;
     Ok((
         session,
         if mode.starts_with("pyust") {
             "pyust"
+        } else if mode == "prototype-session" {
+            "floor-prototype"
         } else {
             mode
         },

@@ -14,7 +14,7 @@ mod raw {
     use super::*;
     extern "C" {
         pub fn pyust_tp_count() -> c_int;
-        pub fn pyust_tp_enabled() -> c_int;
+        pub static pyust_tp_states: [*const c_int; 5];
         pub fn pyust_tp_emit_call(
             co_name: *const c_char,
             co_qualname: *const c_char,
@@ -94,11 +94,26 @@ pub fn tracepoint_count() -> c_int {
     unsafe { raw::pyust_tp_count() }
 }
 
+/// Whether some session records event `ev` (one `EV_*` bit) right now.
+#[inline]
+pub fn on(ev: c_int) -> bool {
+    // SAFETY: `pyust_tp_states` holds the addresses of the five tracepoints'
+    // `state` ints, static for the life of the process; LTTng-UST updates
+    // them atomically (its CMM_LOAD_SHARED is this relaxed load).
+    unsafe {
+        let state = raw::pyust_tp_states[ev.trailing_zeros() as usize];
+        (*state.cast::<std::sync::atomic::AtomicI32>()).load(std::sync::atomic::Ordering::Relaxed)
+            != 0
+    }
+}
+
 /// Which events are enabled right now, as a mask of `EV_*` bits.
 #[inline]
 pub fn enabled() -> c_int {
-    // SAFETY: reads the tracepoints' enabled flags; no argument, no state.
-    unsafe { raw::pyust_tp_enabled() }
+    [EV_CALL, EV_RETURN, EV_C_CALL, EV_C_RETURN, EV_EXCEPTION]
+        .into_iter()
+        .filter(|&ev| on(ev))
+        .fold(0, |mask, ev| mask | ev)
 }
 
 #[inline]
@@ -160,6 +175,21 @@ pub unsafe fn set_trace(
     if raw::set_trace(tstate, func, std::ptr::null_mut()) != 0 {
         pyo3::ffi::PyErr_Clear();
     }
+}
+
+/// The version tag of dict `dict`: CPython (3.6 to 3.13) gives every dict
+/// state a tag from one interpreter-wide counter, new at each creation and
+/// each change, so an equal (address, tag) pair is the same dict, unchanged.
+/// 0 when unknown (then nothing may be cached on it).
+///
+/// SAFETY: GIL held; `dict` a live dict.
+#[inline]
+pub unsafe fn dict_version(dict: *mut PyObject) -> u64 {
+    #[cfg(not(Py_3_14))]
+    #[allow(deprecated)] // deprecated in 3.12, kept through 3.13
+    return (*dict.cast::<pyo3::ffi::PyDictObject>()).ma_version_tag;
+    #[cfg(Py_3_14)]
+    return 0;
 }
 
 /// LTTng-UST's fork protocol; Python's `os.register_at_fork` calls these.
