@@ -9,6 +9,7 @@ mod monitor;
 mod names;
 #[cfg(not(Py_3_12))]
 mod profile;
+mod report;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyCode, PyDict};
@@ -256,6 +257,63 @@ fn _bench_floor(py: Python<'_>, kind: &str, on: bool) -> PyResult<()> {
     }
 }
 
+/// `pyust report`: reads the trace folder `path`, writes the outputs
+/// asked for and returns the table. OSError when the trace cannot be read
+/// or an output written; KeyboardInterrupt on Ctrl-C (outputs removed).
+#[pyfunction]
+#[pyo3(signature = (path, sort, limit, pid=None, tid=None, flamegraph=None, folded=None, perfetto=None))]
+#[allow(clippy::too_many_arguments)]
+fn _report(
+    py: Python<'_>,
+    path: std::path::PathBuf,
+    sort: &str,
+    limit: usize,
+    pid: Option<i64>,
+    tid: Option<i64>,
+    flamegraph: Option<std::path::PathBuf>,
+    folded: Option<std::path::PathBuf>,
+    perfetto: Option<std::path::PathBuf>,
+) -> PyResult<String> {
+    let sort = match sort {
+        "tottime" => report::Sort::Tottime,
+        "cumtime" => report::Sort::Cumtime,
+        "calls" => report::Sort::Calls,
+        other => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "unknown sort key {other:?}"
+            )))
+        }
+    };
+    let opts = report::Options {
+        sort,
+        limit,
+        pid,
+        tid,
+        flamegraph,
+        folded,
+        perfetto,
+    };
+    // The reading runs without the GIL; every so often it takes it back
+    // to let Python see a Ctrl-C.
+    let mut interrupt = None;
+    let result = py.detach(|| {
+        report::report(&path, &opts, &mut || {
+            Python::attach(|py| match py.check_signals() {
+                Ok(()) => Ok(()),
+                Err(err) => {
+                    interrupt = Some(err);
+                    Err("interrupted".to_owned())
+                }
+            })
+        })
+    });
+    match (result, interrupt) {
+        (Ok(table), _) => Ok(table),
+        (Err(_), Some(err)) => Err(err),
+        (Err(msg), None) => Err(pyo3::exceptions::PyOSError::new_err(msg)),
+    }
+}
+
 #[pymodule]
 fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     hook::init(m.py());
@@ -274,6 +332,7 @@ fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;
     m.add_function(wrap_pyfunction!(_stop_watcher, m)?)?;
     m.add_function(wrap_pyfunction!(_armed, m)?)?;
+    m.add_function(wrap_pyfunction!(_report, m)?)?;
     #[cfg(feature = "bench")]
     m.add_function(wrap_pyfunction!(_bench_floor, m)?)?;
     m.add_class::<Tracing>()?;

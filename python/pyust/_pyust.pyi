@@ -28,3 +28,13 @@ _tracepoints: int
 def backend() -> str: ...
 def _armed() -> bool: ...
 def _stop_watcher() -> None: ...
+def _report(
+    path: str,
+    sort: str,
+    limit: int,
+    pid: int | None = None,
+    tid: int | None = None,
+    flamegraph: str | None = None,
+    folded: str | None = None,
+    perfetto: str | None = None,
+) -> str: ...

@@ -3,6 +3,8 @@
     pyust [-m module | script.py] [args...]                  trace into active sessions
     pyust record [-o DIR] [--view] [-m module | script.py] [args...]
     pyust view DIR
+    pyust report DIR [--sort KEY] [--limit N] [--pid P] [--tid T]
+                     [--flamegraph SVG] [--folded TXT] [--perfetto JSON]
 
 Bad input gets one line on stderr and exit status 2; the traced program's
 own failures keep their usual traceback and exit status.
@@ -27,6 +29,9 @@ usage: pyust [-m module | script.py] [args...]
        pyust record [-o DIR] [--view] [--subbuf-size SIZE] [--num-subbuf N]
                     [-m module | script.py] [args...]
        pyust view DIR
+       pyust report DIR [--sort tottime|cumtime|calls] [--limit N]
+                        [--pid P] [--tid T] [--flamegraph out.svg]
+                        [--folded out.txt] [--perfetto out.json]
 
 Trace a Python program into LTTng-UST (events python:call, python:return,
 python:c_call, python:c_return, python:exception).
@@ -45,6 +50,16 @@ python:c_call, python:c_return, python:exception).
                              4M, less when /dev/shm is small)
       --num-subbuf N         sub-buffers per CPU (default: 8)
   pyust view DIR             print a trace folder as text
+  pyust report DIR           where the time went: calls, self (tottime) and
+                             total (cumtime) time per function, over all
+                             processes and threads of the trace
+      --sort KEY             tottime (default), cumtime or calls
+      --limit N              rows shown (default 30; 0: all)
+      --pid P, --tid T       only this process / thread
+      --flamegraph SVG       write an interactive flame graph
+      --folded TXT           write folded stacks (process;thread;frames ns)
+      --perfetto JSON        write a timeline for ui.perfetto.dev or
+                             chrome://tracing (one track per thread)
   --                         ends pyust's options (a script named `record`)
   -h, --help                 this help;  --version  pyust's version
 """
@@ -471,6 +486,85 @@ def view(argv: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------
+# `pyust report`
+
+REPORT_OUTPUTS = ("--flamegraph", "--folded", "--perfetto")
+
+
+def _int_option(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        fail(f"{name} needs a whole number, not {value!r}")
+    if number < 0:
+        fail(f"{name} cannot be negative")
+    return number
+
+
+def report(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    options: dict[str, str] = {}
+    paths: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            paths.extend(argv[i + 1 :])
+            break
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            if name not in ("--sort", "--limit", "--pid", "--tid", *REPORT_OUTPUTS):
+                fail(f"unknown report option: {name} (see pyust --help)")
+            if not eq:
+                i += 1
+                if i == len(argv):
+                    fail(f"{name} needs a value")
+                value = argv[i]
+            options[name] = value
+        else:
+            paths.append(arg)
+        i += 1
+    if len(paths) != 1:
+        fail("usage: pyust report DIR [options] (see pyust --help)")
+    path = paths[0]
+    if not os.path.isdir(path):
+        fail(f"{path} is not a trace folder")
+    if not os.access(path, os.R_OK | os.X_OK):
+        fail(f"cannot read {path}")
+    sort = options.get("--sort", "tottime")
+    if sort not in ("tottime", "cumtime", "calls"):
+        fail(f"--sort is tottime, cumtime or calls, not {sort!r}")
+    limit = _int_option("--limit", options.get("--limit", "30"))
+    pid = _int_option("--pid", options["--pid"]) if "--pid" in options else None
+    tid = _int_option("--tid", options["--tid"]) if "--tid" in options else None
+    outputs = {}
+    for name in REPORT_OUTPUTS:
+        if name in options:
+            out = options[name]
+            parent = os.path.dirname(os.path.abspath(out))
+            if not os.path.isdir(parent):
+                fail(f"{name}: no folder {parent}")
+            outputs[name[2:]] = out
+    from . import _pyust
+
+    try:
+        table = _pyust._report(path, sort, limit, pid, tid, **outputs)
+    except OSError as exc:  # the trace cannot be read, or an output written
+        print(f"pyust: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # outputs were removed
+        print("pyust: interrupted", file=sys.stderr)
+        return 130
+    sys.stdout.write(table)
+    sys.stdout.flush()
+    for name, out in outputs.items():
+        print(f"pyust: {name} written to {out}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -488,6 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return record(args[1:])
         if args and args[0] == "view":
             return view(args[1:])
+        if args and args[0] == "report":
+            return report(args[1:])
         if args and args[0] == "--":
             args = args[1:]
         elif args and args[0].startswith("-") and not args[0].startswith("-m"):

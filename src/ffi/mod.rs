@@ -1,12 +1,15 @@
 //! Every foreign declaration pyust needs beyond `pyo3::ffi`, in one place:
 //! the LTTng-UST emitters of `src/tp/python_tp.c` and the few CPython entry
-//! points whose name changed across versions.
+//! points whose name changed across versions; and, in `bt2`, the reading
+//! of traces through libbabeltrace2 for `pyust report`.
 //!
 //! The emitters are safe to call from any thread at any time: LTTng-UST
 //! never blocks the caller (a full ring buffer discards the event) and the
 //! strings are copied before they return.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
+
+pub mod bt2;
 
 use pyo3::ffi::{freefunc, PyObject, Py_ssize_t};
 

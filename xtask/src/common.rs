@@ -113,8 +113,9 @@ pub fn ci(sh: &Shell) -> Result<()> {
         "cargo clippy --workspace --all-targets --quiet -- -D warnings"
     )
     .run()?;
-    step("cargo test (xtask: normalizer)");
+    step("cargo test (xtask: normalizer; pyust: report formats)");
     cmd!(sh, "cargo test --quiet -p xtask").run()?;
+    cmd!(sh, "cargo test --quiet -p pyust --lib").run()?;
 
     ensure_sessiond(sh)?;
     let mut tested = Vec::new();

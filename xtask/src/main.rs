@@ -33,6 +33,10 @@ tasks:
                     no-op hooks (the floor), pyust idle and recording,
                     VizTracer; ns/event, instructions/event (callgrind),
                     ratios, trace bytes/event (a benchmark: asserts nothing)
+  bench-report [--python PYTHON] [--fib N] [--rounds N]
+                    how fast `pyust report` reads a trace of fib(N) (default
+                    32: 14 million events) beside `babeltrace2 TRACE >
+                    /dev/null` on the same trace: events/s, peak memory
   pytest [--python PYTHON]
                     build pyust into a virtualenv of PYTHON (default
                     python3) and run the pytest suites
@@ -66,6 +70,31 @@ fn run() -> Result<()> {
             _ => bail!("usage: cargo xtask demo [script.py]"),
         },
         "bench" => bench::Bench::parse(rest)?.run(&sh),
+        "bench-report" => {
+            let (mut python, mut fib, mut rounds) =
+                ("python3".to_owned(), "32".to_owned(), "3".to_owned());
+            let mut args = rest.iter();
+            while let Some(arg) = args.next() {
+                let value = args
+                    .next()
+                    .with_context(|| format!("{arg} needs a value"))?;
+                match arg.as_str() {
+                    "--python" => python = value.clone(),
+                    "--fib" => fib = value.clone(),
+                    "--rounds" => rounds = value.clone(),
+                    other => bail!("unknown bench-report option {other:?}"),
+                }
+            }
+            common::ensure_sessiond(&sh)?;
+            let venv_python = common::python_env(&sh, &python)?;
+            let workdir = common::target_dir(&sh).join("report-bench");
+            xshell::cmd!(
+                sh,
+                "{venv_python} xtask/bench/report_bench.py {workdir} {rounds} {fib}"
+            )
+            .run()?;
+            Ok(())
+        }
         "pytest" => {
             let python = match rest {
                 [] => "python3".to_owned(),

@@ -1,0 +1,784 @@
+//! `pyust report`: from a trace folder to answers — a cProfile-like table
+//! per function, folded stacks and a flame graph, and a Chrome trace-event
+//! (Perfetto) timeline.
+//!
+//! One pass over the trace in time order (libbabeltrace2, see
+//! `ffi::bt2`). Memory is bounded by the threads' stack depths, the
+//! number of distinct functions and of distinct call paths — never by the
+//! number of events; the timeline is written as the events stream by.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::ffi::bt2::{self, Discarded, Event, Kind, Message};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sort {
+    Tottime,
+    Cumtime,
+    Calls,
+}
+
+pub struct Options {
+    pub sort: Sort,
+    /// Rows of the table (0: all).
+    pub limit: usize,
+    pub pid: Option<i64>,
+    pub tid: Option<i64>,
+    pub flamegraph: Option<PathBuf>,
+    pub folded: Option<PathBuf>,
+    pub perfetto: Option<PathBuf>,
+}
+
+/// A small, fast hasher (FxHash's multiply-rotate) for the per-event
+/// lookups; the keys are the trace's own strings, not an attack surface
+/// worth SipHash's cost here.
+#[derive(Default)]
+struct Fx(u64);
+
+impl Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(n.into())
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64)
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(n.into())
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+
+/// One function: a Python code object (module, qualified name, file,
+/// first line) or a C function (its qualified name).
+struct Func {
+    label: String,
+    file: String,
+    line: i64,
+    calls: u64,
+    /// Time in its own body, children excluded (ns).
+    tottime: i64,
+    /// Time from call to return, counted once per outermost call of a
+    /// recursion (as cProfile does) (ns).
+    cumtime: i64,
+    exceptions: u64,
+}
+
+/// A frame on a thread's stack.
+struct Frame {
+    func: u32,
+    c: bool,
+    start: i64,
+    /// Time spent in callees so far.
+    children: i64,
+    node: u32,
+}
+
+struct Thread {
+    pid: i64,
+    tid: i64,
+    procname: String,
+    stack: Vec<Frame>,
+    /// How many frames of each function are on the stack (recursion).
+    active: FxMap<u32, u32>,
+    /// This thread's root in the call tree.
+    root: u32,
+    last_ns: i64,
+    last_stream: usize,
+}
+
+/// A call path: (parent path, function), with the time spent in it
+/// itself. The folded stacks and the flame graph are its leaves' paths.
+struct Node {
+    parent: u32,
+    func: u32,
+    self_ns: i64,
+}
+
+const NO_FUNC: u32 = u32::MAX;
+
+struct Analysis<'o> {
+    opts: &'o Options,
+    funcs: Vec<Func>,
+    func_index: FxMap<String, u32>,
+    key: String,
+    threads: FxMap<(i64, i64), Thread>,
+    nodes: Vec<Node>,
+    node_index: FxMap<(u32, u32), u32>,
+    events: u64,
+    other_events: u64,
+    first_ns: Option<i64>,
+    last_ns: i64,
+    discarded: Vec<Discarded>,
+    /// Returns with no open frame: frames running before the recording
+    /// started (or whose call was lost).
+    unmatched: u64,
+    /// Frames closed at a loss of events (their returns may be lost).
+    cut_at_loss: u64,
+    /// Frames still open when the trace ends.
+    open_at_end: u64,
+    no_thread_context: bool,
+    timeline: Option<Timeline>,
+}
+
+/// Reads `trace` and returns the table; writes the files `opts` names
+/// (and removes them on failure). `tick` is called every 2^16 messages;
+/// its error stops the reading.
+pub fn report(
+    trace: &Path,
+    opts: &Options,
+    tick: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<String, String> {
+    let result = run(trace, opts, tick);
+    if result.is_err() {
+        for path in [&opts.flamegraph, &opts.folded, &opts.perfetto]
+            .into_iter()
+            .flatten()
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result
+}
+
+fn run(
+    trace: &Path,
+    opts: &Options,
+    tick: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<String, String> {
+    let mut analysis = Analysis {
+        opts,
+        funcs: Vec::new(),
+        func_index: FxMap::default(),
+        key: String::new(),
+        threads: FxMap::default(),
+        nodes: Vec::new(),
+        node_index: FxMap::default(),
+        events: 0,
+        other_events: 0,
+        first_ns: None,
+        last_ns: 0,
+        discarded: Vec::new(),
+        unmatched: 0,
+        cut_at_loss: 0,
+        open_at_end: 0,
+        no_thread_context: false,
+        timeline: match &opts.perfetto {
+            Some(path) => Some(Timeline::create(path)?),
+            None => None,
+        },
+    };
+    let mut seen = 0u64;
+    bt2::read(trace, &mut |message| {
+        seen += 1;
+        if seen % (1 << 16) == 0 {
+            tick()?;
+        }
+        analysis.message(message)
+    })?;
+    analysis.finish()?;
+    let table = analysis.table(trace);
+    if let Some(path) = &opts.folded {
+        let mut out = create(path)?;
+        for line in analysis.folded() {
+            writeln!(out, "{line}").map_err(|e| write_error(path, e))?;
+        }
+        out.flush().map_err(|e| write_error(path, e))?;
+    }
+    if let Some(path) = &opts.flamegraph {
+        analysis.flamegraph(path, trace)?;
+    }
+    Ok(table)
+}
+
+fn create(path: &Path) -> Result<BufWriter<File>, String> {
+    File::create(path)
+        .map(BufWriter::new)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn write_error(path: &Path, e: std::io::Error) -> String {
+    format!("cannot write {}: {e}", path.display())
+}
+
+impl Analysis<'_> {
+    fn message(&mut self, message: Message<'_>) -> Result<(), String> {
+        match message {
+            Message::Event(ev) => self.event(&ev),
+            Message::Discarded(d) => {
+                self.lost(&d);
+                self.discarded.push(d);
+                Ok(())
+            }
+            Message::Other => {
+                self.other_events += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn event(&mut self, ev: &Event<'_>) -> Result<(), String> {
+        if self.opts.pid.is_some_and(|p| p != ev.vpid)
+            || self.opts.tid.is_some_and(|t| t != ev.vtid)
+        {
+            return Ok(());
+        }
+        self.events += 1;
+        self.first_ns.get_or_insert(ev.ns);
+        self.last_ns = self.last_ns.max(ev.ns);
+        if ev.vtid == 0 && ev.vpid == 0 {
+            self.no_thread_context = true;
+        }
+        let key = (ev.vpid, ev.vtid);
+        if !self.threads.contains_key(&key) {
+            let root = self.new_node(NO_FUNC, NO_FUNC);
+            let thread = Thread {
+                pid: ev.vpid,
+                tid: ev.vtid,
+                procname: ev.procname.to_owned(),
+                stack: Vec::new(),
+                active: FxMap::default(),
+                root,
+                last_ns: ev.ns,
+                last_stream: ev.stream,
+            };
+            if let Some(t) = &mut self.timeline {
+                t.thread(&thread, self.first_ns.unwrap_or(0))?;
+            }
+            self.threads.insert(key, thread);
+        }
+        match ev.kind {
+            Kind::Call | Kind::CCall => {
+                let c = ev.kind == Kind::CCall;
+                let func = self.func(ev, c);
+                let thread = self.threads.get_mut(&key).expect("inserted above");
+                let parent = thread.stack.last().map_or(thread.root, |f| f.node);
+                thread.last_ns = ev.ns;
+                thread.last_stream = ev.stream;
+                *thread.active.entry(func).or_insert(0) += 1;
+                self.funcs[func as usize].calls += 1;
+                let node = match self.node_index.get(&(parent, func)) {
+                    Some(&n) => n,
+                    None => self.new_node(parent, func),
+                };
+                let thread = self.threads.get_mut(&key).expect("inserted above");
+                thread.stack.push(Frame {
+                    func,
+                    c,
+                    start: ev.ns,
+                    children: 0,
+                    node,
+                });
+                if let Some(t) = &mut self.timeline {
+                    let f = &self.funcs[func as usize];
+                    t.begin(ev, self.first_ns.unwrap_or(0), f, c)?;
+                }
+            }
+            Kind::Return | Kind::CReturn => {
+                let thread = self.threads.get_mut(&key).expect("inserted above");
+                thread.last_ns = ev.ns;
+                thread.last_stream = ev.stream;
+                // A C frame left open means its c_return was lost: close it too.
+                let want_c = ev.kind == Kind::CReturn;
+                let matches = thread.stack.last().is_some_and(|f| f.c == want_c)
+                    || (!want_c && thread.stack.iter().any(|f| !f.c));
+                if !matches {
+                    self.unmatched += 1;
+                    return Ok(());
+                }
+                loop {
+                    let top_c = self.close_top(key, ev.ns)?;
+                    if top_c == want_c {
+                        break;
+                    }
+                    self.cut_at_loss += 1;
+                }
+            }
+            Kind::Exception => {
+                let thread = self.threads.get_mut(&key).expect("inserted above");
+                thread.last_ns = ev.ns;
+                thread.last_stream = ev.stream;
+                if let Some(frame) = thread.stack.iter().rev().find(|f| !f.c) {
+                    self.funcs[frame.func as usize].exceptions += 1;
+                }
+                if let Some(t) = &mut self.timeline {
+                    t.instant(ev, self.first_ns.unwrap_or(0))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the top frame of thread `key` at `ns`; whether it was a C frame.
+    fn close_top(&mut self, key: (i64, i64), ns: i64) -> Result<bool, String> {
+        let thread = self.threads.get_mut(&key).expect("known thread");
+        let frame = thread.stack.pop().expect("a frame to close");
+        let duration = (ns - frame.start).max(0);
+        let own = (duration - frame.children).max(0);
+        if let Some(parent) = thread.stack.last_mut() {
+            parent.children += duration;
+        }
+        let active = thread.active.entry(frame.func).or_insert(1);
+        *active -= 1;
+        let outermost = *active == 0;
+        let func = &mut self.funcs[frame.func as usize];
+        func.tottime += own;
+        if outermost {
+            func.cumtime += duration;
+        }
+        self.nodes[frame.node as usize].self_ns += own;
+        if let Some(t) = &mut self.timeline {
+            t.end(thread.pid, thread.tid, ns, self.first_ns.unwrap_or(0))?;
+        }
+        Ok(frame.c)
+    }
+
+    /// LTTng lost events of one stream (one CPU's buffer): the threads
+    /// last seen on it may have lost calls or returns, so their open
+    /// frames are closed at the start of the loss and their stacks start
+    /// over (a return with no open frame is then ignored).
+    fn lost(&mut self, d: &Discarded) {
+        let at = d.begin_ns.unwrap_or(self.last_ns);
+        let hit: Vec<(i64, i64)> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.last_stream == d.stream && !t.stack.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in hit {
+            while !self.threads[&key].stack.is_empty() {
+                let ns = at.max(self.threads[&key].stack.last().map_or(at, |f| f.start));
+                // Errors here can only come from the timeline file: kept for the end.
+                let _ = self.close_top(key, ns);
+                self.cut_at_loss += 1;
+            }
+        }
+    }
+
+    /// Closes the frames still open at the trace's last event.
+    fn finish(&mut self) -> Result<(), String> {
+        let end = self.last_ns;
+        let mut keys: Vec<(i64, i64)> = self.threads.keys().copied().collect();
+        keys.sort_unstable();
+        for key in keys {
+            while !self.threads[&key].stack.is_empty() {
+                self.close_top(key, end)?;
+                self.open_at_end += 1;
+            }
+        }
+        if let Some(t) = self.timeline.take() {
+            t.finish()?;
+        }
+        Ok(())
+    }
+
+    fn new_node(&mut self, parent: u32, func: u32) -> u32 {
+        let id = self.nodes.len() as u32;
+        self.nodes.push(Node {
+            parent,
+            func,
+            self_ns: 0,
+        });
+        if func != NO_FUNC {
+            self.node_index.insert((parent, func), id);
+        }
+        id
+    }
+
+    /// The function of a call event, registered on first sight.
+    fn func(&mut self, ev: &Event<'_>, c: bool) -> u32 {
+        self.key.clear();
+        if c {
+            self.key.push_str("C\0");
+            self.key.push_str(ev.co_qualname);
+        } else {
+            let _ = write!(
+                self.key,
+                "P\0{}\0{}\0{}\0{}",
+                ev.module, ev.co_qualname, ev.co_filename, ev.line
+            );
+        }
+        if let Some(&id) = self.func_index.get(self.key.as_str()) {
+            return id;
+        }
+        let id = self.funcs.len() as u32;
+        let qualname = if ev.co_qualname.is_empty() {
+            ev.co_name
+        } else {
+            ev.co_qualname
+        };
+        let label = if c || ev.module.is_empty() {
+            qualname.to_owned()
+        } else {
+            format!("{}.{}", ev.module, qualname)
+        };
+        self.funcs.push(Func {
+            label,
+            file: if c {
+                String::new()
+            } else {
+                ev.co_filename.to_owned()
+            },
+            line: if c { 0 } else { ev.line },
+            calls: 0,
+            tottime: 0,
+            cumtime: 0,
+            exceptions: 0,
+        });
+        self.func_index.insert(self.key.clone(), id);
+        id
+    }
+
+    fn table(&self, trace: &Path) -> String {
+        let mut out = String::new();
+        let span = self.first_ns.map_or(0, |f| self.last_ns - f);
+        let processes: std::collections::BTreeSet<i64> =
+            self.threads.values().map(|t| t.pid).collect();
+        let _ = writeln!(out, "pyust report: {}", trace.display());
+        let _ = writeln!(
+            out,
+            "{} python events, {} process(es), {} thread(s), {:.6} s from first to last event",
+            self.events,
+            processes.len(),
+            self.threads.len(),
+            span as f64 / 1e9
+        );
+        let lost: u64 = self.discarded.iter().map(|d| d.count).sum();
+        if self.discarded.is_empty() {
+            let _ = writeln!(out, "discarded events: 0");
+        } else {
+            let _ = writeln!(
+                out,
+                "discarded events: {lost}, in {} place(s) (LTTng's buffers were full):",
+                self.discarded.len()
+            );
+            for d in self.discarded.iter().take(10) {
+                let when = match (d.begin_ns, d.end_ns, self.first_ns) {
+                    (Some(b), Some(e), Some(f)) => {
+                        format!(
+                            " between +{:.6} s and +{:.6} s",
+                            (b - f) as f64 / 1e9,
+                            (e - f) as f64 / 1e9
+                        )
+                    }
+                    _ => String::new(),
+                };
+                let _ = writeln!(out, "  {} in stream {}{when}", d.count, d.stream_name);
+            }
+            if self.discarded.len() > 10 {
+                let _ = writeln!(out, "  ... and {} more", self.discarded.len() - 10);
+            }
+            let _ = writeln!(
+                out,
+                "  {} frame(s) open on those streams' threads were closed at the loss",
+                self.cut_at_loss
+            );
+        }
+        if self.unmatched > 0 {
+            let _ = writeln!(
+                out,
+                "{} return(s) without a call (frames running before recording started, or calls lost): not counted",
+                self.unmatched
+            );
+        }
+        if self.open_at_end > 0 {
+            let _ = writeln!(
+                out,
+                "{} frame(s) still running when the trace ends: counted until its last event",
+                self.open_at_end
+            );
+        }
+        if self.no_thread_context {
+            let _ = writeln!(
+                out,
+                "warning: events without vpid/vtid context: threads cannot be told apart \
+                 (record with `pyust record`, or `lttng add-context -u -t vpid -t vtid`)"
+            );
+        }
+        if self.other_events > 0 {
+            let _ = writeln!(
+                out,
+                "{} other events (other providers, kernel) skipped",
+                self.other_events
+            );
+        }
+        let mut rows: Vec<&Func> = self.funcs.iter().filter(|f| f.calls > 0).collect();
+        match self.opts.sort {
+            Sort::Tottime => {
+                rows.sort_by(|a, b| b.tottime.cmp(&a.tottime).then(b.calls.cmp(&a.calls)))
+            }
+            Sort::Cumtime => {
+                rows.sort_by(|a, b| b.cumtime.cmp(&a.cumtime).then(b.calls.cmp(&a.calls)))
+            }
+            Sort::Calls => {
+                rows.sort_by(|a, b| b.calls.cmp(&a.calls).then(b.tottime.cmp(&a.tottime)))
+            }
+        }
+        let shown = if self.opts.limit == 0 {
+            rows.len()
+        } else {
+            rows.len().min(self.opts.limit)
+        };
+        let _ = writeln!(
+            out,
+            "\n{:>10} {:>12} {:>12} {:>12} {:>12}  function (file:line)",
+            "calls", "tottime(s)", "cumtime(s)", "tot/call(us)", "cum/call(us)"
+        );
+        for f in &rows[..shown] {
+            let calls = f.calls as f64;
+            let place = if f.file.is_empty() {
+                "(C)".to_owned()
+            } else {
+                format!("({}:{})", f.file, f.line)
+            };
+            let _ = writeln!(
+                out,
+                "{:>10} {:>12.6} {:>12.6} {:>12.3} {:>12.3}  {} {place}",
+                f.calls,
+                f.tottime as f64 / 1e9,
+                f.cumtime as f64 / 1e9,
+                f.tottime as f64 / 1e3 / calls,
+                f.cumtime as f64 / 1e3 / calls,
+                f.label,
+            );
+        }
+        if shown < rows.len() {
+            let _ = writeln!(out, "... {} more (--limit 0 shows all)", rows.len() - shown);
+        }
+        out
+    }
+
+    /// Folded stacks, `process;thread;frames... self_ns`, one line per
+    /// call path with time of its own.
+    fn folded(&self) -> Vec<String> {
+        let mut roots: FxMap<u32, String> = FxMap::default();
+        for t in self.threads.values() {
+            roots.insert(
+                t.root,
+                format!(
+                    "{} ({});{} ({})",
+                    sanitize(&t.procname),
+                    t.pid,
+                    if t.pid == t.tid {
+                        "main thread"
+                    } else {
+                        "thread"
+                    },
+                    t.tid
+                ),
+            );
+        }
+        let mut lines = Vec::new();
+        let mut path = Vec::new();
+        for node in &self.nodes {
+            if node.func == NO_FUNC || node.self_ns <= 0 {
+                continue;
+            }
+            path.clear();
+            let mut at = node;
+            let mut root = node.parent;
+            while at.func != NO_FUNC {
+                path.push(sanitize(&self.funcs[at.func as usize].label));
+                root = at.parent;
+                at = &self.nodes[at.parent as usize];
+            }
+            path.push(roots.get(&root).cloned().unwrap_or_default());
+            path.reverse();
+            lines.push(format!("{} {}", path.join(";"), node.self_ns));
+        }
+        lines.sort();
+        lines
+    }
+
+    fn flamegraph(&self, path: &Path, trace: &Path) -> Result<(), String> {
+        let lines = self.folded();
+        let mut options = inferno::flamegraph::Options::default();
+        options.title = format!("pyust: {}", trace.display());
+        options.count_name = "ns".to_owned();
+        options.name_type = "Function:".to_owned();
+        let out = create(path)?;
+        if lines.is_empty() {
+            return Err("no Python call in the trace: no flame graph to draw".into());
+        }
+        inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+}
+
+/// Frame names in folded stacks: `;` separates frames, so it is replaced.
+fn sanitize(name: &str) -> String {
+    name.replace(';', ":")
+}
+
+/// The Chrome trace-event JSON timeline (Perfetto, chrome://tracing),
+/// written as the events stream by: B/E pairs per frame, instant events
+/// for exceptions, process and thread names as metadata (the viewers show
+/// them with the pid and tid: "python 1234").
+struct Timeline {
+    path: PathBuf,
+    out: BufWriter<File>,
+    first: bool,
+    seen_pids: std::collections::HashSet<i64>,
+}
+
+impl Timeline {
+    fn create(path: &Path) -> Result<Timeline, String> {
+        let mut out = create(path)?;
+        out.write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")
+            .map_err(|e| write_error(path, e))?;
+        Ok(Timeline {
+            path: path.to_path_buf(),
+            out,
+            first: true,
+            seen_pids: Default::default(),
+        })
+    }
+
+    fn record(&mut self, json: std::fmt::Arguments<'_>) -> Result<(), String> {
+        let sep: &[u8] = if self.first { b"" } else { b",\n" };
+        self.first = false;
+        self.out
+            .write_all(sep)
+            .and_then(|()| self.out.write_fmt(json))
+            .map_err(|e| write_error(&self.path, e))
+    }
+
+    fn thread(&mut self, t: &Thread, _t0: i64) -> Result<(), String> {
+        if self.seen_pids.insert(t.pid) {
+            self.record(format_args!(
+                "{{\"ph\":\"M\",\"name\":\"process_name\",\"pid\":{},\"tid\":{},\"args\":{{\"name\":{}}}}}",
+                t.pid,
+                t.tid,
+                Json(&t.procname)
+            ))?;
+        }
+        self.record(format_args!(
+            "{{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":{},\"tid\":{},\"args\":{{\"name\":{}}}}}",
+            t.pid,
+            t.tid,
+            Json(&if t.pid == t.tid {
+                t.procname.clone()
+            } else {
+                format!("{} thread", t.procname)
+            })
+        ))
+    }
+
+    fn begin(&mut self, ev: &Event<'_>, t0: i64, f: &Func, c: bool) -> Result<(), String> {
+        if c {
+            self.record(format_args!(
+                "{{\"ph\":\"B\",\"pid\":{},\"tid\":{},\"ts\":{},\"cat\":\"c\",\"name\":{}}}",
+                ev.vpid,
+                ev.vtid,
+                Micros(ev.ns - t0),
+                Json(&f.label)
+            ))
+        } else {
+            self.record(format_args!(
+                "{{\"ph\":\"B\",\"pid\":{},\"tid\":{},\"ts\":{},\"cat\":\"python\",\"name\":{},\"args\":{{\"file\":{},\"line\":{}}}}}",
+                ev.vpid,
+                ev.vtid,
+                Micros(ev.ns - t0),
+                Json(&f.label),
+                Json(&f.file),
+                f.line
+            ))
+        }
+    }
+
+    fn end(&mut self, pid: i64, tid: i64, ns: i64, t0: i64) -> Result<(), String> {
+        self.record(format_args!(
+            "{{\"ph\":\"E\",\"pid\":{pid},\"tid\":{tid},\"ts\":{}}}",
+            Micros(ns - t0)
+        ))
+    }
+
+    fn instant(&mut self, ev: &Event<'_>, t0: i64) -> Result<(), String> {
+        self.record(format_args!(
+            "{{\"ph\":\"i\",\"s\":\"t\",\"pid\":{},\"tid\":{},\"ts\":{},\"cat\":\"exception\",\"name\":{},\"args\":{{\"in\":{},\"line\":{}}}}}",
+            ev.vpid,
+            ev.vtid,
+            Micros(ev.ns - t0),
+            Json(ev.exc_type),
+            Json(ev.co_qualname),
+            ev.line
+        ))
+    }
+
+    fn finish(mut self) -> Result<(), String> {
+        self.out
+            .write_all(b"\n]}\n")
+            .and_then(|()| self.out.flush())
+            .map_err(|e| write_error(&self.path, e))
+    }
+}
+
+/// Microseconds with nanosecond precision, as the trace-event format wants.
+struct Micros(i64);
+
+impl std::fmt::Display for Micros {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let n = self.0.unsigned_abs();
+        write!(f, "{sign}{}.{:03}", n / 1000, n % 1000)
+    }
+}
+
+/// A JSON string literal.
+struct Json<'a>(&'a str);
+
+impl std::fmt::Display for Json<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_char('"')?;
+        for ch in self.0.chars() {
+            match ch {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c if (c as u32) < 0x20 => write!(f, "\\u{:04x}", c as u32)?,
+                c => f.write_char(c)?,
+            }
+        }
+        f.write_char('"')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(
+            Json("a\"b\\c\n\u{1}é").to_string(),
+            "\"a\\\"b\\\\c\\n\\u0001é\""
+        );
+    }
+
+    #[test]
+    fn micros_keep_nanoseconds() {
+        assert_eq!(Micros(1_234_567).to_string(), "1234.567");
+        assert_eq!(Micros(5).to_string(), "0.005");
+        assert_eq!(Micros(-1500).to_string(), "-1.500");
+    }
+}
