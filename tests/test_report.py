@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -355,3 +358,49 @@ def test_report_on_a_damaged_trace(sessiond: None, tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith("pyust: babeltrace2: cannot read ")
     assert len(proc.stderr.splitlines()) == 1
+
+
+def test_frames_running_before_the_recording(sessiond: None, tmp_path: Path) -> None:
+    # A second session started while the program waits inside outer():
+    # its trace has the returns of outer() and <module> without their calls.
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    script = write_script(
+        tmp_path,
+        "late.py",
+        "import os, sys, time\n"
+        "def inner():\n    return 1\n"
+        "def outer():\n"
+        f"    open({str(ready)!r}, 'w').close()\n"
+        "    deadline = time.time() + 60\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        if time.time() > deadline:\n            sys.exit('timed out')\n"
+        "        time.sleep(0.001)\n"
+        "    inner()\n"
+        "outer()\n",
+    )
+    early = make_session(tmp_path / "early")
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "pyust", str(script)])
+        deadline = time.time() + 60
+        while not ready.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        late = make_session(tmp_path / "late")
+        try:
+            go.touch()
+            assert proc.wait(timeout=60) == 0
+            lttng("stop", late.name)
+        finally:
+            lttng("destroy", late.name, check=False)
+    finally:
+        lttng("destroy", early.name, check=False)
+    rep, text = report(late.output, "--pid", str(proc.pid), "--limit", "0")
+    # outer() and <module>, and what the waiting loop was in (sleep or
+    # exists() and its stat) when the session started.
+    m = re.search(r"\n(\d+) return\(s\) without a call \(frames running before", text)
+    assert m is not None and 2 <= int(m.group(1)) <= 4, text
+    assert rep.rows["__main__.inner"].calls == 1
+    assert "__main__.outer" not in rep.rows
+    rep, text = report(early.output, "--pid", str(proc.pid), "--limit", "0")
+    assert "without a call" not in text
+    assert rep.rows["__main__.outer"].calls == 1
+    assert rep.rows["__main__.outer"].cumtime >= rep.rows["__main__.inner"].cumtime
