@@ -476,13 +476,17 @@ def view(argv: list[str]) -> int:
         argv = argv[1:]
     if len(argv) != 1:
         fail("usage: pyust view DIR")
-    path = argv[0]
+    show(trace_folder(argv[0]))
+    return 0
+
+
+def trace_folder(path: str) -> str:
+    """`path`, once it is a readable folder (else one line, status 2)."""
     if not os.path.isdir(path):
         fail(f"{path} is not a trace folder")
     if not os.access(path, os.R_OK | os.X_OK):
         fail(f"cannot read {path}")
-    show(path)
-    return 0
+    return path
 
 
 # --------------------------------------------------------------------------
@@ -528,11 +532,7 @@ def report(argv: list[str]) -> int:
         i += 1
     if len(paths) != 1:
         fail("usage: pyust report DIR [options] (see pyust --help)")
-    path = paths[0]
-    if not os.path.isdir(path):
-        fail(f"{path} is not a trace folder")
-    if not os.access(path, os.R_OK | os.X_OK):
-        fail(f"cannot read {path}")
+    path = trace_folder(paths[0])
     sort = options.get("--sort", "tottime")
     if sort not in ("tottime", "cumtime", "calls"):
         fail(f"--sort is tottime, cumtime or calls, not {sort!r}")
