@@ -161,6 +161,41 @@ fn check_failing_script(sh: &Shell, tag: &str) -> Result<()> {
     eprintln!(
         "e2e: a failing user script (mounted, --user {user}): status 3, trace printed and kept"
     );
+
+    // `pyust report` in the image reads that trace (libbabeltrace2 there).
+    let trace = format!(
+        "/work/pyust-traces/{}",
+        traces[0].file_name().to_string_lossy()
+    );
+    let out = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "-v",
+            &mount,
+            "--user",
+            &user,
+            "--entrypoint",
+            "pyust",
+            tag,
+            "report",
+            &trace,
+        ])
+        .output()
+        .context("docker run pyust report")?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = |label: &str| {
+        table
+            .lines()
+            .any(|l| l.trim_start().starts_with("1 ") && l.contains(label))
+    };
+    if !out.status.success() || !row("__main__.main (/work/fails.py:3)") || !row("sys.exit (C)") {
+        bail!(
+            "e2e: pyust report in the image:\n{table}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprintln!("e2e: pyust report in the image: main and sys.exit, one call each");
     Ok(())
 }
 
