@@ -84,7 +84,7 @@ thread_local! {
     static DEPTH: Cell<Depth> = const { Cell::new(Depth { generation: 0, frames: 0, c_calls: 0 }) };
 }
 
-pub fn with_depth<T>(f: impl FnOnce(&mut Depth) -> T) -> T {
+fn with_depth<T>(f: impl FnOnce(&mut Depth) -> T) -> T {
     DEPTH.with(|cell| {
         let mut depth = cell.get();
         let generation = GENERATION.load(Ordering::Relaxed);
@@ -98,6 +98,41 @@ pub fn with_depth<T>(f: impl FnOnce(&mut Depth) -> T) -> T {
         cell.set(depth);
         out
     })
+}
+
+/// A Python frame starts on this thread (its `call` may or may not be
+/// recorded: its return is matched either way).
+pub fn frame_entered() {
+    with_depth(|d| d.frames += 1);
+}
+
+/// A Python frame stops: `python:return` when its start was counted (since
+/// tracing was last armed) and a session records the event.
+pub fn frame_left() {
+    let open = with_depth(|d| {
+        let open = d.frames > 0;
+        d.frames = d.frames.saturating_sub(1);
+        open
+    });
+    if open && tp::on(tp::EV_RETURN) {
+        tp::emit_return();
+    }
+}
+
+/// The same for C calls: counted on entry, `python:c_return` on exit.
+pub fn c_call_entered() {
+    with_depth(|d| d.c_calls += 1);
+}
+
+pub fn c_call_left() {
+    let open = with_depth(|d| {
+        let open = d.c_calls > 0;
+        d.c_calls = d.c_calls.saturating_sub(1);
+        open
+    });
+    if open && tp::on(tp::EV_C_RETURN) {
+        tp::emit_c_return();
+    }
 }
 
 /// What a code object's events carry, built once and owned by the code

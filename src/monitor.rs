@@ -214,7 +214,7 @@ unsafe extern "C" fn on_start(
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
     callback(|py| {
-        hook::with_depth(|d| d.frames += 1);
+        hook::frame_entered();
         let code = arg(args, nargs, 0);
         if !code.is_null() && tp::on(tp::EV_CALL) {
             // The callback runs in the new frame: its globals are current.
@@ -229,16 +229,7 @@ unsafe extern "C" fn on_return(
     _args: *mut *mut ffi::PyObject,
     _nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
-    callback(|_py| {
-        let open = hook::with_depth(|d| {
-            let open = d.frames > 0;
-            d.frames = d.frames.saturating_sub(1);
-            open
-        });
-        if open && tp::on(tp::EV_RETURN) {
-            tp::emit_return();
-        }
-    })
+    callback(|_py| hook::frame_left())
 }
 
 /// RAISE (code, offset, exception).
@@ -289,7 +280,7 @@ unsafe extern "C" fn on_call(
         if !is_c_function(callable) {
             return;
         }
-        hook::with_depth(|d| d.c_calls += 1);
+        hook::c_call_entered();
         if !tp::on(tp::EV_C_CALL) {
             return;
         }
@@ -308,16 +299,8 @@ unsafe extern "C" fn on_c_return(
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
     callback(|_py| {
-        if !is_c_function(arg(args, nargs, 2)) {
-            return;
-        }
-        let open = hook::with_depth(|d| {
-            let open = d.c_calls > 0;
-            d.c_calls = d.c_calls.saturating_sub(1);
-            open
-        });
-        if open && tp::on(tp::EV_C_RETURN) {
-            tp::emit_c_return();
+        if is_c_function(arg(args, nargs, 2)) {
+            hook::c_call_left();
         }
     })
 }

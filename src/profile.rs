@@ -202,44 +202,25 @@ unsafe fn profile_event(frame: *mut ffi::PyFrameObject, what: c_int, arg: *mut f
     }
     match what {
         ffi::PyTrace_CALL => {
-            hook::with_depth(|d| d.frames += 1);
+            hook::frame_entered();
             if tp::on(tp::EV_CALL) {
                 let globals = frame_globals(frame);
                 hook::emit_call(py, frame_code(frame), globals);
                 release_globals(globals);
             }
         }
-        ffi::PyTrace_RETURN => {
-            let open = hook::with_depth(|d| {
-                let open = d.frames > 0;
-                d.frames = d.frames.saturating_sub(1);
-                open
-            });
-            if open && tp::on(tp::EV_RETURN) {
-                tp::emit_return();
-            }
-        }
+        ffi::PyTrace_RETURN => hook::frame_left(),
         ffi::PyTrace_C_CALL => {
             if hook::is_own(arg) {
                 return;
             }
-            hook::with_depth(|d| d.c_calls += 1);
+            hook::c_call_entered();
             if tp::on(tp::EV_C_CALL) {
                 hook::emit_c_call(py, arg);
             }
         }
-        ffi::PyTrace_C_RETURN | ffi::PyTrace_C_EXCEPTION => {
-            if hook::is_own(arg) {
-                return;
-            }
-            let open = hook::with_depth(|d| {
-                let open = d.c_calls > 0;
-                d.c_calls = d.c_calls.saturating_sub(1);
-                open
-            });
-            if open && tp::on(tp::EV_C_RETURN) {
-                tp::emit_c_return();
-            }
+        ffi::PyTrace_C_RETURN | ffi::PyTrace_C_EXCEPTION if !hook::is_own(arg) => {
+            hook::c_call_left();
         }
         _ => {}
     }
