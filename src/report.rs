@@ -7,6 +7,7 @@
 //! number of distinct functions and of distinct call paths — never by the
 //! number of events; the timeline is written as the events stream by.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::File;
@@ -79,7 +80,6 @@ struct Func {
     /// Time from call to return, counted once per outermost call of a
     /// recursion (as cProfile does) (ns).
     cumtime: i64,
-    exceptions: u64,
 }
 
 /// A frame on a thread's stack.
@@ -115,14 +115,24 @@ struct Node {
 
 const NO_FUNC: u32 = u32::MAX;
 
-struct Analysis<'o> {
-    opts: &'o Options,
+/// What the threads' events add up to: functions, call paths, and the
+/// timeline being written.
+struct Tables {
     funcs: Vec<Func>,
     func_index: FxMap<String, u32>,
+    /// Scratch for building `func_index` keys without allocating.
     key: String,
-    threads: FxMap<(i64, i64), Thread>,
     nodes: Vec<Node>,
     node_index: FxMap<(u32, u32), u32>,
+    timeline: Option<Timeline>,
+    /// The first event's time: the timeline's origin.
+    t0: i64,
+}
+
+struct Analysis<'o> {
+    opts: &'o Options,
+    threads: FxMap<(i64, i64), Thread>,
+    tables: Tables,
     events: u64,
     other_events: u64,
     first_ns: Option<i64>,
@@ -136,7 +146,6 @@ struct Analysis<'o> {
     /// Frames still open when the trace ends.
     open_at_end: u64,
     no_thread_context: bool,
-    timeline: Option<Timeline>,
 }
 
 /// Reads `trace` and returns the table; writes the files `opts` names
@@ -166,12 +175,19 @@ fn run(
 ) -> Result<String, String> {
     let mut analysis = Analysis {
         opts,
-        funcs: Vec::new(),
-        func_index: FxMap::default(),
-        key: String::new(),
         threads: FxMap::default(),
-        nodes: Vec::new(),
-        node_index: FxMap::default(),
+        tables: Tables {
+            funcs: Vec::new(),
+            func_index: FxMap::default(),
+            key: String::new(),
+            nodes: Vec::new(),
+            node_index: FxMap::default(),
+            timeline: match &opts.perfetto {
+                Some(path) => Some(Timeline::create(path)?),
+                None => None,
+            },
+            t0: 0,
+        },
         events: 0,
         other_events: 0,
         first_ns: None,
@@ -181,10 +197,6 @@ fn run(
         cut_at_loss: 0,
         open_at_end: 0,
         no_thread_context: false,
-        timeline: match &opts.perfetto {
-            Some(path) => Some(Timeline::create(path)?),
-            None => None,
-        },
     };
     let mut seen = 0u64;
     bt2::read(trace, &mut |message| {
@@ -219,117 +231,32 @@ fn write_error(path: &Path, e: std::io::Error) -> String {
     format!("cannot write {}: {e}", path.display())
 }
 
-impl Analysis<'_> {
-    fn message(&mut self, message: Message<'_>) -> Result<(), String> {
-        match message {
-            Message::Event(ev) => self.event(&ev),
-            Message::Discarded(d) => {
-                self.lost(&d);
-                self.discarded.push(d);
-                Ok(())
-            }
-            Message::Other => {
-                self.other_events += 1;
-                Ok(())
-            }
-        }
+impl Tables {
+    /// A new root of the call tree (one per thread).
+    fn root(&mut self) -> u32 {
+        self.nodes.push(Node {
+            parent: NO_FUNC,
+            func: NO_FUNC,
+            self_ns: 0,
+        });
+        self.nodes.len() as u32 - 1
     }
 
-    fn event(&mut self, ev: &Event<'_>) -> Result<(), String> {
-        if self.opts.pid.is_some_and(|p| p != ev.vpid)
-            || self.opts.tid.is_some_and(|t| t != ev.vtid)
-        {
-            return Ok(());
-        }
-        self.events += 1;
-        self.first_ns.get_or_insert(ev.ns);
-        self.last_ns = self.last_ns.max(ev.ns);
-        if ev.vtid == 0 && ev.vpid == 0 {
-            self.no_thread_context = true;
-        }
-        let key = (ev.vpid, ev.vtid);
-        if !self.threads.contains_key(&key) {
-            let root = self.new_node(NO_FUNC, NO_FUNC);
-            let thread = Thread {
-                pid: ev.vpid,
-                tid: ev.vtid,
-                procname: ev.procname.to_owned(),
-                stack: Vec::new(),
-                active: FxMap::default(),
-                root,
-                last_ns: ev.ns,
-                last_stream: ev.stream,
-            };
-            if let Some(t) = &mut self.timeline {
-                t.thread(&thread, self.first_ns.unwrap_or(0))?;
-            }
-            self.threads.insert(key, thread);
-        }
-        match ev.kind {
-            Kind::Call | Kind::CCall => {
-                let c = ev.kind == Kind::CCall;
-                let func = self.func(ev, c);
-                let thread = self.threads.get_mut(&key).expect("inserted above");
-                let parent = thread.stack.last().map_or(thread.root, |f| f.node);
-                thread.last_ns = ev.ns;
-                thread.last_stream = ev.stream;
-                *thread.active.entry(func).or_insert(0) += 1;
-                self.funcs[func as usize].calls += 1;
-                let node = match self.node_index.get(&(parent, func)) {
-                    Some(&n) => n,
-                    None => self.new_node(parent, func),
-                };
-                let thread = self.threads.get_mut(&key).expect("inserted above");
-                thread.stack.push(Frame {
-                    func,
-                    c,
-                    start: ev.ns,
-                    children: 0,
-                    node,
-                });
-                if let Some(t) = &mut self.timeline {
-                    let f = &self.funcs[func as usize];
-                    t.begin(ev, self.first_ns.unwrap_or(0), f, c)?;
-                }
-            }
-            Kind::Return | Kind::CReturn => {
-                let thread = self.threads.get_mut(&key).expect("inserted above");
-                thread.last_ns = ev.ns;
-                thread.last_stream = ev.stream;
-                // A C frame left open means its c_return was lost: close it too.
-                let want_c = ev.kind == Kind::CReturn;
-                let matches = thread.stack.last().is_some_and(|f| f.c == want_c)
-                    || (!want_c && thread.stack.iter().any(|f| !f.c));
-                if !matches {
-                    self.unmatched += 1;
-                    return Ok(());
-                }
-                loop {
-                    let top_c = self.close_top(key, ev.ns)?;
-                    if top_c == want_c {
-                        break;
-                    }
-                    self.cut_at_loss += 1;
-                }
-            }
-            Kind::Exception => {
-                let thread = self.threads.get_mut(&key).expect("inserted above");
-                thread.last_ns = ev.ns;
-                thread.last_stream = ev.stream;
-                if let Some(frame) = thread.stack.iter().rev().find(|f| !f.c) {
-                    self.funcs[frame.func as usize].exceptions += 1;
-                }
-                if let Some(t) = &mut self.timeline {
-                    t.instant(ev, self.first_ns.unwrap_or(0))?;
-                }
-            }
-        }
-        Ok(())
+    /// The call path `parent` → `func`, made on first use.
+    fn node(&mut self, parent: u32, func: u32) -> u32 {
+        let nodes = &mut self.nodes;
+        *self.node_index.entry((parent, func)).or_insert_with(|| {
+            nodes.push(Node {
+                parent,
+                func,
+                self_ns: 0,
+            });
+            nodes.len() as u32 - 1
+        })
     }
 
-    /// Closes the top frame of thread `key` at `ns`; whether it was a C frame.
-    fn close_top(&mut self, key: (i64, i64), ns: i64) -> Result<bool, String> {
-        let thread = self.threads.get_mut(&key).expect("known thread");
+    /// Closes the top frame of `thread` at `ns`; whether it was a C frame.
+    fn close_top(&mut self, thread: &mut Thread, ns: i64) -> Result<bool, String> {
         let frame = thread.stack.pop().expect("a frame to close");
         let duration = (ns - frame.start).max(0);
         let own = (duration - frame.children).max(0);
@@ -346,61 +273,9 @@ impl Analysis<'_> {
         }
         self.nodes[frame.node as usize].self_ns += own;
         if let Some(t) = &mut self.timeline {
-            t.end(thread.pid, thread.tid, ns, self.first_ns.unwrap_or(0))?;
+            t.end(thread.pid, thread.tid, ns, self.t0)?;
         }
         Ok(frame.c)
-    }
-
-    /// LTTng lost events of one stream (one CPU's buffer): the threads
-    /// last seen on it may have lost calls or returns, so their open
-    /// frames are closed at the start of the loss and their stacks start
-    /// over (a return with no open frame is then ignored).
-    fn lost(&mut self, d: &Discarded) {
-        let at = d.begin_ns.unwrap_or(self.last_ns);
-        let hit: Vec<(i64, i64)> = self
-            .threads
-            .iter()
-            .filter(|(_, t)| t.last_stream == d.stream && !t.stack.is_empty())
-            .map(|(k, _)| *k)
-            .collect();
-        for key in hit {
-            while !self.threads[&key].stack.is_empty() {
-                let ns = at.max(self.threads[&key].stack.last().map_or(at, |f| f.start));
-                // Errors here can only come from the timeline file: kept for the end.
-                let _ = self.close_top(key, ns);
-                self.cut_at_loss += 1;
-            }
-        }
-    }
-
-    /// Closes the frames still open at the trace's last event.
-    fn finish(&mut self) -> Result<(), String> {
-        let end = self.last_ns;
-        let mut keys: Vec<(i64, i64)> = self.threads.keys().copied().collect();
-        keys.sort_unstable();
-        for key in keys {
-            while !self.threads[&key].stack.is_empty() {
-                self.close_top(key, end)?;
-                self.open_at_end += 1;
-            }
-        }
-        if let Some(t) = self.timeline.take() {
-            t.finish()?;
-        }
-        Ok(())
-    }
-
-    fn new_node(&mut self, parent: u32, func: u32) -> u32 {
-        let id = self.nodes.len() as u32;
-        self.nodes.push(Node {
-            parent,
-            func,
-            self_ns: 0,
-        });
-        if func != NO_FUNC {
-            self.node_index.insert((parent, func), id);
-        }
-        id
     }
 
     /// The function of a call event, registered on first sight.
@@ -441,10 +316,136 @@ impl Analysis<'_> {
             calls: 0,
             tottime: 0,
             cumtime: 0,
-            exceptions: 0,
         });
         self.func_index.insert(self.key.clone(), id);
         id
+    }
+}
+
+impl Analysis<'_> {
+    fn message(&mut self, message: Message<'_>) -> Result<(), String> {
+        match message {
+            Message::Event(ev) => self.event(&ev),
+            Message::Discarded(d) => {
+                self.lost(&d)?;
+                self.discarded.push(d);
+                Ok(())
+            }
+            Message::Other => {
+                self.other_events += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn event(&mut self, ev: &Event<'_>) -> Result<(), String> {
+        if self.opts.pid.is_some_and(|p| p != ev.vpid)
+            || self.opts.tid.is_some_and(|t| t != ev.vtid)
+        {
+            return Ok(());
+        }
+        self.events += 1;
+        let tables = &mut self.tables;
+        tables.t0 = *self.first_ns.get_or_insert(ev.ns);
+        self.last_ns = self.last_ns.max(ev.ns);
+        if ev.vtid == 0 && ev.vpid == 0 {
+            self.no_thread_context = true;
+        }
+        let thread = match self.threads.entry((ev.vpid, ev.vtid)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let thread = Thread {
+                    pid: ev.vpid,
+                    tid: ev.vtid,
+                    procname: ev.procname.to_owned(),
+                    stack: Vec::new(),
+                    active: FxMap::default(),
+                    root: tables.root(),
+                    last_ns: ev.ns,
+                    last_stream: ev.stream,
+                };
+                if let Some(t) = &mut tables.timeline {
+                    t.thread(&thread)?;
+                }
+                e.insert(thread)
+            }
+        };
+        thread.last_ns = ev.ns;
+        thread.last_stream = ev.stream;
+        match ev.kind {
+            Kind::Call | Kind::CCall => {
+                let c = ev.kind == Kind::CCall;
+                let func = tables.func(ev, c);
+                let parent = thread.stack.last().map_or(thread.root, |f| f.node);
+                *thread.active.entry(func).or_insert(0) += 1;
+                tables.funcs[func as usize].calls += 1;
+                thread.stack.push(Frame {
+                    func,
+                    c,
+                    start: ev.ns,
+                    children: 0,
+                    node: tables.node(parent, func),
+                });
+                if let Some(t) = &mut tables.timeline {
+                    t.begin(ev, tables.t0, &tables.funcs[func as usize], c)?;
+                }
+            }
+            Kind::Return | Kind::CReturn => {
+                // A C frame left open means its c_return was lost: close it too.
+                let want_c = ev.kind == Kind::CReturn;
+                let matches = thread.stack.last().is_some_and(|f| f.c == want_c)
+                    || (!want_c && thread.stack.iter().any(|f| !f.c));
+                if !matches {
+                    self.unmatched += 1;
+                    return Ok(());
+                }
+                while tables.close_top(thread, ev.ns)? != want_c {
+                    self.cut_at_loss += 1;
+                }
+            }
+            Kind::Exception => {
+                if let Some(t) = &mut tables.timeline {
+                    t.instant(ev, tables.t0)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// LTTng lost events of one stream (one CPU's buffer): the threads
+    /// last seen on it may have lost calls or returns, so their open
+    /// frames are closed at the start of the loss and their stacks start
+    /// over (a return with no open frame is then ignored).
+    fn lost(&mut self, d: &Discarded) -> Result<(), String> {
+        let at = d.begin_ns.unwrap_or(self.last_ns);
+        for thread in self.threads.values_mut() {
+            if thread.last_stream != d.stream {
+                continue;
+            }
+            while let Some(top) = thread.stack.last() {
+                let ns = at.max(top.start);
+                self.tables.close_top(thread, ns)?;
+                self.cut_at_loss += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the frames still open at the trace's last event.
+    fn finish(&mut self) -> Result<(), String> {
+        let end = self.last_ns;
+        let mut threads: Vec<&mut Thread> = self.threads.values_mut().collect();
+        threads.sort_unstable_by_key(|t| (t.pid, t.tid));
+        for thread in threads {
+            while !thread.stack.is_empty() {
+                self.tables.close_top(thread, end)?;
+                self.open_at_end += 1;
+            }
+        }
+        if let Some(t) = self.tables.timeline.take() {
+            t.finish()?;
+        }
+        Ok(())
     }
 
     fn table(&self, trace: &Path) -> String {
@@ -520,7 +521,7 @@ impl Analysis<'_> {
                 self.other_events
             );
         }
-        let mut rows: Vec<&Func> = self.funcs.iter().filter(|f| f.calls > 0).collect();
+        let mut rows: Vec<&Func> = self.tables.funcs.iter().filter(|f| f.calls > 0).collect();
         match self.opts.sort {
             Sort::Tottime => {
                 rows.sort_by(|a, b| b.tottime.cmp(&a.tottime).then(b.calls.cmp(&a.calls)))
@@ -588,7 +589,8 @@ impl Analysis<'_> {
         }
         let mut lines = Vec::new();
         let mut path = Vec::new();
-        for node in &self.nodes {
+        let Tables { funcs, nodes, .. } = &self.tables;
+        for node in nodes {
             if node.func == NO_FUNC || node.self_ns <= 0 {
                 continue;
             }
@@ -596,9 +598,9 @@ impl Analysis<'_> {
             let mut at = node;
             let mut root = node.parent;
             while at.func != NO_FUNC {
-                path.push(sanitize(&self.funcs[at.func as usize].label));
+                path.push(sanitize(&funcs[at.func as usize].label));
                 root = at.parent;
-                at = &self.nodes[at.parent as usize];
+                at = &nodes[at.parent as usize];
             }
             path.push(roots.get(&root).cloned().unwrap_or_default());
             path.reverse();
@@ -661,7 +663,7 @@ impl Timeline {
             .map_err(|e| write_error(&self.path, e))
     }
 
-    fn thread(&mut self, t: &Thread, _t0: i64) -> Result<(), String> {
+    fn thread(&mut self, t: &Thread) -> Result<(), String> {
         if self.seen_pids.insert(t.pid) {
             self.record(format_args!(
                 "{{\"ph\":\"M\",\"name\":\"process_name\",\"pid\":{},\"tid\":{},\"args\":{{\"name\":{}}}}}",
