@@ -29,17 +29,17 @@ fn main() {
         .define("LTTNG_UST_COMPAT_API_VERSION", "1")
         .flag_if_supported("-fvisibility=hidden")
         .warnings(true);
-    if std::env::var_os("CARGO_FEATURE_BENCH").is_some() {
-        build.define("PYUST_BENCH", None);
-    }
     for dir in &ust.include_paths {
         build.include(dir);
     }
     if std::env::var_os("CARGO_FEATURE_BENCH").is_some() {
-        // The prototype's hook, measured by `cargo xtask bench`: C against
-        // the headers of the interpreter pyo3 builds for.
+        // The prototype's provider and hook, measured by `cargo xtask
+        // bench`: C against the headers of the interpreter pyo3 builds for.
         println!("cargo:rerun-if-changed=src/tp/proto_hook.c");
-        build.file("src/tp/proto_hook.c").include(python_include());
+        build
+            .define("PYUST_BENCH", None)
+            .file("src/tp/proto_hook.c")
+            .include(python_include());
     }
     build.compile("pyust_tp");
 
