@@ -2,6 +2,10 @@
 //! and the interpreter hook that feeds it. `python/pyust/` is the public
 //! surface; see SPEC.md for the event schema.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod control;
 mod ffi;
 mod hook;
 #[cfg(Py_3_12)]
@@ -18,31 +22,31 @@ use pyo3::types::{PyCode, PyDict};
 #[pyfunction]
 #[pyo3(pass_module)]
 fn enable(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    hook::enable(m.py(), &m.getattr("_thread_start")?)
+    control::enable(m.py(), &m.getattr("_thread_start")?)
 }
 
 /// Stop emitting events, for every thread.
 #[pyfunction]
 fn disable(py: Python<'_>) -> PyResult<()> {
-    hook::disable(py)
+    control::disable(py)
 }
 
 /// Whether tracing is enabled.
 #[pyfunction]
 fn is_enabled() -> bool {
-    hook::is_enabled()
+    control::is_enabled()
 }
 
 /// How pyust hooks this interpreter: "sys.monitoring" (3.12+) or "profile".
 #[pyfunction]
 fn backend() -> &'static str {
-    hook::backend_name()
+    control::backend_name()
 }
 
 /// Whether some LTTng session currently records `python:call`.
 #[pyfunction]
 fn session_active() -> bool {
-    ffi::on(ffi::EV_CALL)
+    ffi::lttng::on(ffi::lttng::EV_CALL)
 }
 
 /// Run `code` with `globals` as its namespace, traced (the launcher's body).
@@ -53,39 +57,35 @@ fn run(
     code: &Bound<'_, PyCode>,
     globals: &Bound<'_, PyDict>,
 ) -> PyResult<Py<PyAny>> {
-    hook::run(m.py(), code, globals.as_any(), &m.getattr("_thread_start")?)
+    control::run(m.py(), code, globals.as_any(), &m.getattr("_thread_start")?)
 }
 
 /// `threading.setprofile` target: hooks a new thread at its first event.
 #[pyfunction]
-#[pyo3(signature = (frame, event, _arg=None))]
-fn _thread_start(frame: &Bound<'_, PyAny>, event: &str, _arg: Option<&Bound<'_, PyAny>>) {
-    hook::thread_start(frame, event)
+#[pyo3(signature = (frame, event, arg=None))]
+fn _thread_start(frame: &Bound<'_, PyAny>, event: &str, arg: Option<&Bound<'_, PyAny>>) {
+    control::thread_start(frame, event, arg)
 }
 
 /// `os.register_at_fork` callbacks: LTTng-UST's fork protocol, so a forked
 /// child traces under its own pid.
 #[pyfunction]
 fn _before_fork() {
-    ffi::before_fork()
+    control::before_fork()
 }
 
 #[pyfunction]
 fn _after_fork_parent() {
-    ffi::after_fork_parent()
+    control::after_fork_parent()
 }
 
 #[pyfunction]
 fn _after_fork_child(py: Python<'_>) {
     if forked_by_subprocess(py) {
-        // A subprocess child (preexec_fn given) that will exec at once:
-        // re-initialising LTTng-UST there can abort, and nothing in it is
-        // worth tracing. Release what before_fork took, stop tracing.
-        ffi::after_fork_parent();
-        hook::forked_for_exec();
+        // A subprocess child (preexec_fn given) that will exec at once.
+        control::forked_for_exec();
     } else {
-        ffi::after_fork_child();
-        hook::after_fork_child(py);
+        control::after_fork_child(py);
     }
 }
 
@@ -120,56 +120,83 @@ fn _armed() -> bool {
 /// atexit: stop the watcher thread before the interpreter finalizes.
 #[pyfunction]
 fn _stop_watcher(py: Python<'_>) {
-    hook::stop_watcher(py)
+    control::stop_watcher(py)
 }
 
 /// `with pyust.tracing():` and `@pyust.tracing()`: trace a block or a
 /// function. Native, so that no frame of pyust shows in the trace.
 #[pyclass(module = "pyust")]
 struct Tracing {
-    was_enabled: bool,
+    /// For each `with` block open on this object (nested or reused), whether
+    /// tracing was on when it was entered: its exit turns it off if not.
+    was_enabled: Vec<bool>,
 }
 
 #[pymethods]
 impl Tracing {
     #[new]
     fn new() -> Self {
-        Tracing { was_enabled: false }
+        Tracing {
+            was_enabled: Vec::new(),
+        }
     }
 
     fn __enter__(mut slf: PyRefMut<'_, Self>) -> PyResult<PyRefMut<'_, Self>> {
-        slf.was_enabled = hook::is_enabled();
         let py = slf.py();
-        hook::enable(py, &thread_start(py)?)?;
+        let was_enabled = control::is_enabled();
+        control::enable(py, &thread_start(py)?)?;
+        slf.was_enabled.push(was_enabled);
         Ok(slf)
     }
 
     #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
-        if !self.was_enabled {
-            hook::disable(py)?;
+    fn __exit__(
+        &mut self,
+        py: Python<'_>,
+        _exc: &Bound<'_, pyo3::types::PyTuple>,
+    ) -> PyResult<bool> {
+        if self.was_enabled.pop() == Some(false) {
+            control::disable(py)?;
         }
         Ok(false)
     }
 
     /// As a decorator: the function, traced whenever it runs.
     fn __call__(&self, py: Python<'_>, func: Py<PyAny>) -> PyResult<Py<PyAny>> {
-        let traced = Py::new(
+        let traced = Bound::new(
             py,
             TracedFunction {
-                func: func.clone_ref(py),
+                func: Some(func.clone_ref(py)),
             },
         )?;
-        let functools = py.import("functools")?;
-        functools.call_method1("update_wrapper", (traced.clone_ref(py), func))?;
-        Ok(traced.into_any())
+        // What functools.update_wrapper copies, but `__wrapped__`, which is
+        // a property: the instance dict holds no reference back to `func`.
+        let func = func.bind(py);
+        for attr in [
+            "__module__",
+            "__name__",
+            "__qualname__",
+            "__doc__",
+            "__annotations__",
+        ] {
+            if let Ok(value) = func.getattr(attr) {
+                traced.setattr(attr, value)?;
+            }
+        }
+        if let Ok(dict) = func.getattr("__dict__") {
+            traced
+                .getattr("__dict__")?
+                .call_method1("update", (dict,))?;
+        }
+        Ok(traced.into_any().unbind())
     }
 }
 
 /// A function decorated with `@pyust.tracing()`.
-#[pyclass(module = "pyust", dict)]
+#[pyclass(module = "pyust", dict, weakref)]
 struct TracedFunction {
-    func: Py<PyAny>,
+    /// None once cleared by the garbage collector.
+    func: Option<Py<PyAny>>,
 }
 
 #[pymethods]
@@ -181,13 +208,35 @@ impl TracedFunction {
         args: &Bound<'_, pyo3::types::PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let was_enabled = hook::is_enabled();
-        hook::enable(py, &thread_start(py)?)?;
-        let result = self.func.call(py, args, kwargs);
+        let Some(func) = &self.func else {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "traced function was cleared",
+            ));
+        };
+        let was_enabled = control::is_enabled();
+        control::enable(py, &thread_start(py)?)?;
+        let result = func.call(py, args, kwargs);
         if !was_enabled {
-            hook::disable(py)?;
+            control::disable(py)?;
         }
         result
+    }
+
+    /// The decorated function, as functools.wraps gives it.
+    #[getter]
+    fn __wrapped__(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.func.as_ref().map(|f| f.clone_ref(py))
+    }
+
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        if let Some(func) = &self.func {
+            visit.call(func)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.func = None;
     }
 
     /// Binds like a plain function, so methods can be decorated.
@@ -316,10 +365,10 @@ fn _report(
 
 #[pymodule]
 fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    hook::init(m.py());
+    control::init(m.py());
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // Number of `python:*` tracepoints linked in (5); also keeps them linked.
-    m.add("_tracepoints", ffi::tracepoint_count())?;
+    m.add("_tracepoints", ffi::lttng::tracepoint_count())?;
     m.add_function(wrap_pyfunction!(enable, m)?)?;
     m.add_function(wrap_pyfunction!(disable, m)?)?;
     m.add_function(wrap_pyfunction!(is_enabled, m)?)?;

@@ -23,7 +23,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
-use crate::ffi as tp;
+use crate::ffi::lttng as tp;
 use crate::hook::{self, ENABLED};
 
 pub const NAME: &str = "sys.monitoring";
@@ -177,20 +177,21 @@ pub fn leave_current_thread() {
 }
 
 /// Never installed by this backend (threads are traced anyway).
-pub fn thread_start(_frame: &Bound<'_, PyAny>, _event: &str) {}
+pub fn thread_start(_frame: &Bound<'_, PyAny>, _event: &str, _arg: Option<&Bound<'_, PyAny>>) {}
 
 /// Common entry of every callback: `None` to CPython, and never a panic.
 #[inline]
-unsafe fn callback(f: impl FnOnce(Python<'_>)) -> *mut ffi::PyObject {
+fn callback(f: impl FnOnce(Python<'_>)) -> *mut ffi::PyObject {
     if ENABLED.load(Ordering::Relaxed) && !LEFT.with(Cell::get) {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            // SAFETY: CPython runs monitoring callbacks with the GIL held.
-            f(unsafe { Python::assume_attached() })
-        }));
+        hook::guarded(f);
     }
-    let none = ffi::Py_None();
-    ffi::Py_IncRef(none);
-    none
+    // SAFETY: the GIL is held (a monitoring callback); None is immortal
+    // or at least alive, and CPython takes the new reference.
+    unsafe {
+        let none = ffi::Py_None();
+        ffi::Py_IncRef(none);
+        none
+    }
 }
 
 /// The argument `i`, borrowed (CPython passes what the event defines).
@@ -201,7 +202,9 @@ unsafe fn arg(
     i: isize,
 ) -> *mut ffi::PyObject {
     if i < nargs {
-        *args.offset(i)
+        // SAFETY: CPython passes `nargs` arguments at `args` (the caller's
+        // promise); `i` is one of them.
+        unsafe { *args.offset(i) }
     } else {
         std::ptr::null_mut()
     }
@@ -214,11 +217,13 @@ unsafe extern "C" fn on_start(
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
     callback(|py| {
-        hook::frame_entered();
-        let code = arg(args, nargs, 0);
-        if !code.is_null() && tp::on(tp::EV_CALL) {
-            // The callback runs in the new frame: its globals are current.
-            hook::emit_call(py, code, ffi::PyEval_GetGlobals());
+        // SAFETY: CPython passes `nargs` live arguments; the callback runs
+        // in the new frame, whose globals are current.
+        unsafe {
+            let code = arg(args, nargs, 0);
+            if hook::frame_entered() && !code.is_null() && tp::on(tp::EV_CALL) {
+                hook::emit_call(py, code, ffi::PyEval_GetGlobals());
+            }
         }
     })
 }
@@ -239,23 +244,27 @@ unsafe extern "C" fn on_raise(
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
     callback(|py| {
-        let (code, offset, exc) = (
-            arg(args, nargs, 0),
-            arg(args, nargs, 1),
-            arg(args, nargs, 2),
-        );
-        if code.is_null() || exc.is_null() || !tp::on(tp::EV_EXCEPTION) {
-            return;
+        // SAFETY: CPython passes `nargs` live arguments: the code object,
+        // the offset (an int) and the exception.
+        unsafe {
+            let (code, offset, exc) = (
+                arg(args, nargs, 0),
+                arg(args, nargs, 1),
+                arg(args, nargs, 2),
+            );
+            if code.is_null() || exc.is_null() || !tp::on(tp::EV_EXCEPTION) {
+                return;
+            }
+            let offset = ffi::PyLong_AsLong(offset);
+            if offset < 0 && !ffi::PyErr_Occurred().is_null() {
+                ffi::PyErr_Clear();
+            }
+            let lineno = ffi::PyCode_Addr2Line(code.cast(), offset as c_int);
+            let exc_type = Bound::from_borrowed_ptr(py, ffi::Py_TYPE(exc).cast::<ffi::PyObject>())
+                .cast_into::<PyType>()
+                .ok();
+            hook::emit_exception(py, exc_type.as_ref(), code, lineno);
         }
-        let offset = ffi::PyLong_AsLong(offset);
-        if offset < 0 && !ffi::PyErr_Occurred().is_null() {
-            ffi::PyErr_Clear();
-        }
-        let lineno = ffi::PyCode_Addr2Line(code.cast(), offset as c_int);
-        let exc_type = Bound::from_borrowed_ptr(py, ffi::Py_TYPE(exc).cast::<ffi::PyObject>())
-            .cast_into::<PyType>()
-            .ok();
-        hook::emit_exception(py, exc_type.as_ref(), code, lineno);
     })
 }
 
@@ -263,10 +272,13 @@ unsafe extern "C" fn on_raise(
 /// profile backend reports them: a builtin function or method, or a method
 /// descriptor (`list.append` called on an instance) — and not pyust's own.
 unsafe fn is_c_function(callable: *mut ffi::PyObject) -> bool {
-    !callable.is_null()
-        && (ffi::PyCFunction_Check(callable) != 0
-            || ffi::Py_TYPE(callable) == std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type))
-        && !hook::is_own(callable)
+    // SAFETY: GIL held; `callable` null or live (the caller's promise).
+    unsafe {
+        !callable.is_null()
+            && (ffi::PyCFunction_Check(callable) != 0
+                || ffi::Py_TYPE(callable) == std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type))
+            && !hook::is_own(callable)
+    }
 }
 
 /// CALL (code, offset, callable, arg0).
@@ -276,18 +288,21 @@ unsafe extern "C" fn on_call(
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
     callback(|py| {
-        let callable = arg(args, nargs, 2);
-        if !is_c_function(callable) {
-            return;
-        }
-        hook::c_call_entered();
-        if !tp::on(tp::EV_C_CALL) {
-            return;
-        }
-        if ffi::PyCFunction_Check(callable) != 0 {
-            hook::emit_c_call(py, callable);
-        } else {
-            hook::emit_c_call_descriptor(py, callable, arg(args, nargs, 3));
+        // SAFETY: CPython passes `nargs` live arguments: the code object,
+        // the offset, the callable and its first argument.
+        unsafe {
+            let callable = arg(args, nargs, 2);
+            if !is_c_function(callable) {
+                return;
+            }
+            if !hook::c_call_entered() || !tp::on(tp::EV_C_CALL) {
+                return;
+            }
+            if ffi::PyCFunction_Check(callable) != 0 {
+                hook::emit_c_call(py, callable);
+            } else {
+                hook::emit_c_call_descriptor(py, callable, arg(args, nargs, 3));
+            }
         }
     })
 }
@@ -299,7 +314,8 @@ unsafe extern "C" fn on_c_return(
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
     callback(|_py| {
-        if is_c_function(arg(args, nargs, 2)) {
+        // SAFETY: as for `on_call`.
+        if unsafe { is_c_function(arg(args, nargs, 2)) } {
             hook::c_call_left();
         }
     })

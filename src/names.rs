@@ -12,17 +12,26 @@ use pyo3::types::{PyCode, PyString, PyType};
 use pyo3::{intern, PyErr};
 
 /// Runs `f` with the thread's pending exception (if any) set aside, and
-/// discards any error `f` leaves behind.
+/// discards any error `f` leaves behind — also when `f` panics (the
+/// pending exception is put back as the panic unwinds).
 pub fn preserving_error<T>(py: Python<'_>, f: impl FnOnce() -> T) -> T {
-    let pending = PyErr::take(py);
-    let out = f();
-    if let Some(err) = PyErr::take(py) {
-        drop(err);
+    struct Restore<'py> {
+        py: Python<'py>,
+        pending: Option<PyErr>,
     }
-    if let Some(err) = pending {
-        err.restore(py);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            drop(PyErr::take(self.py));
+            if let Some(err) = self.pending.take() {
+                err.restore(self.py);
+            }
+        }
     }
-    out
+    let _restore = Restore {
+        py,
+        pending: PyErr::take(py),
+    };
+    f()
 }
 
 /// UTF-8 of `s`, lone surrogates and NULs replaced by U+FFFD.
@@ -136,52 +145,141 @@ pub fn nested_codes<'py>(
         .collect()
 }
 
-/// Before 3.11: the qualified name of the function (or class body) whose
-/// code is `code`, found among the module's globals and its classes'
-/// attributes. None when it is not there (a nested function, say: those
-/// are named from their enclosing code, see `nested_codes`).
-#[cfg_attr(Py_3_11, allow(dead_code))]
-pub fn find_qualname(
-    code: &Bound<'_, PyCode>,
-    globals: Option<&Bound<'_, PyAny>>,
-) -> Option<String> {
+/// Before 3.11: the qualified name of `code` by the compiler's rules, read
+/// off the code of the module it was compiled in: the module's source
+/// file compiled again (`compile`, no code of the program runs), or a
+/// frozen module's code. None when neither is at hand (code made by
+/// `exec` of a string, a file changed or gone since).
+#[cfg(not(Py_3_11))]
+pub fn qualname_from_source(code: &Bound<'_, PyCode>) -> Option<String> {
     let py = code.py();
-    let globals = globals?.cast::<pyo3::types::PyDict>().ok()?;
-    // A function, a method's function, or what a decorator wraps.
-    let qualname_of = |func: &Bound<'_, PyAny>| -> Option<String> {
-        let mut inner = func
-            .getattr(intern!(py, "__func__"))
-            .unwrap_or_else(|_| func.clone());
-        for _ in 0..8 {
-            if let Ok(func_code) = inner.getattr(intern!(py, "__code__")) {
-                if func_code.is(code) {
-                    let qualname = inner.getattr(intern!(py, "__qualname__")).ok()?;
-                    return to_cstring(&qualname).into_string().ok();
-                }
-            }
-            inner = inner.getattr(intern!(py, "__wrapped__")).ok()?;
-        }
-        None
+    let filename: String = code
+        .getattr(intern!(py, "co_filename"))
+        .ok()?
+        .extract()
+        .ok()?;
+    let name: String = code.getattr(intern!(py, "co_name")).ok()?.extract().ok()?;
+    let line: i64 = code
+        .getattr(intern!(py, "co_firstlineno"))
+        .ok()?
+        .extract()
+        .ok()?;
+    let bytecode: Vec<u8> = code
+        .getattr(intern!(py, "co_code"))
+        .and_then(|c| c.extract())
+        .unwrap_or_default();
+    let known = {
+        let files = SOURCES.lock().unwrap_or_else(|e| e.into_inner());
+        files.as_ref().and_then(|f| f.get(&filename).cloned())
     };
-    for (_, value) in globals.iter() {
-        if let Some(q) = qualname_of(&value) {
-            return Some(q);
+    // Made outside the lock: compiling may run Python code (a collection).
+    let module = match known {
+        Some(module) => module,
+        None => {
+            let module = module_qualnames(py, &filename).map(std::sync::Arc::new);
+            let mut files = SOURCES.lock().unwrap_or_else(|e| e.into_inner());
+            files
+                .get_or_insert_with(std::collections::HashMap::new)
+                .insert(filename, module.clone());
+            module
         }
-        if let Ok(class) = value.cast::<PyType>() {
-            let Ok(dict) = class.getattr(intern!(py, "__dict__")) else {
-                continue;
-            };
-            let Ok(values) = dict.call_method0(intern!(py, "values")) else {
-                continue;
-            };
-            for member in values.try_iter().into_iter().flatten().flatten() {
-                if let Some(q) = qualname_of(&member) {
-                    return Some(q);
-                }
+    }?;
+    let candidates = module.get(&(line, name))?;
+    candidates
+        .iter()
+        .find(|(code_bytes, _)| *code_bytes == bytecode)
+        .or(candidates.first())
+        .map(|(_, qualname)| qualname.clone())
+}
+
+/// The code of frozen module `name` (`importlib._bootstrap` is frozen as
+/// `_frozen_importlib`).
+#[cfg(not(Py_3_11))]
+fn frozen_code<'py>(py: Python<'py>, name: &str) -> Option<Bound<'py, PyAny>> {
+    let imp = py.import("_imp").ok()?;
+    let alias = name
+        .strip_prefix("importlib._bootstrap")
+        .map(|rest| format!("_frozen_importlib{rest}"));
+    std::iter::once(name.to_owned())
+        .chain(alias)
+        .find_map(|n| imp.call_method1("get_frozen_object", (n,)).ok())
+}
+
+/// Every code object of one module: (first line, name) → (bytecode,
+/// qualified name) for each code of that place.
+#[cfg(not(Py_3_11))]
+type ModuleQualnames = std::collections::HashMap<(i64, String), Vec<(Vec<u8>, String)>>;
+
+/// The modules read so far, by file name (None: no code to be had).
+#[cfg(not(Py_3_11))]
+static SOURCES: std::sync::Mutex<
+    Option<std::collections::HashMap<String, Option<std::sync::Arc<ModuleQualnames>>>>,
+> = std::sync::Mutex::new(None);
+
+#[cfg(not(Py_3_11))]
+fn module_qualnames(py: Python<'_>, filename: &str) -> Option<ModuleQualnames> {
+    let frozen = filename
+        .strip_prefix("<frozen ")
+        .and_then(|f| f.strip_suffix('>'));
+    let module_code = if let Some(code) = frozen.and_then(|name| frozen_code(py, name)) {
+        code
+    } else {
+        let path = match frozen {
+            // A frozen module without its frozen code: its source in the
+            // standard library.
+            Some(name) => {
+                let stdlib: String = py
+                    .import("sysconfig")
+                    .ok()?
+                    .call_method1("get_path", ("stdlib",))
+                    .ok()?
+                    .extract()
+                    .ok()?;
+                format!("{stdlib}/{}.py", name.replace('.', "/"))
             }
+            None => filename.to_owned(),
+        };
+        let source = std::fs::read(&path).ok()?;
+        let compile = py.import("builtins").ok()?.getattr("compile").ok()?;
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("dont_inherit", true).ok()?;
+        compile
+            .call(
+                (pyo3::types::PyBytes::new(py, &source), filename, "exec"),
+                Some(&kwargs),
+            )
+            .ok()?
+    };
+    let module_code = module_code.cast_into::<PyCode>().ok()?;
+    let mut table = ModuleQualnames::new();
+    let mut todo = vec![(module_code, String::new(), 0u32)];
+    while let Some((code, qualname, depth)) = todo.pop() {
+        if depth > 64 {
+            continue;
+        }
+        for (child, child_qualname) in nested_codes(&code, &qualname) {
+            let key = (
+                child
+                    .getattr(intern!(py, "co_firstlineno"))
+                    .and_then(|l| l.extract())
+                    .unwrap_or(0),
+                child
+                    .getattr(intern!(py, "co_name"))
+                    .and_then(|n| n.extract())
+                    .unwrap_or_default(),
+            );
+            let bytecode = child
+                .getattr(intern!(py, "co_code"))
+                .and_then(|c| c.extract::<Vec<u8>>())
+                .unwrap_or_default();
+            table
+                .entry(key)
+                .or_default()
+                .push((bytecode, child_qualname.clone()));
+            todo.push((child, child_qualname, depth + 1));
         }
     }
-    None
+    Some(table)
 }
 
 /// `module.Qualname` of a type, without the module for builtins:

@@ -3,16 +3,26 @@
 //! and `PyEval_SetTrace` for exceptions (profile functions are not told of
 //! them), with per-line events switched off frame by frame. Threads started
 //! later are hooked through `threading`'s profile hook.
+//!
+//! CPython has one profile and one trace function per thread. Where the
+//! program has its own (coverage.py, a debugger, a profiler), pyust's
+//! callbacks are chained in front of them: they keep the program's object
+//! (what `sys.gettrace()` returns), call the program's function first with
+//! every event, and give it back when pyust leaves the thread.
 
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::ffi::c_int;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
 
-use crate::ffi as tp;
-use crate::hook::{self, ENABLED};
+use crate::ffi::cpython as cpy;
+use crate::ffi::lttng as tp;
+use crate::hook::{self, ARMED, ENABLED};
 use crate::names;
 
 pub const NAME: &str = "profile";
@@ -83,8 +93,10 @@ fn check_layout(py: Python<'_>) -> PyResult<FrameLayout> {
     })
 }
 
-/// Checks the frame layout; called once at module import.
+/// Checks the frame and thread-state layouts; called once at module import.
 pub fn init(py: Python<'_>) {
+    // SAFETY: GIL held.
+    unsafe { cpy::check_hooks_offset() };
     LAYOUT.get_or_init(|| {
         check_layout(py).unwrap_or(FrameLayout {
             trace_lines: None,
@@ -96,18 +108,25 @@ pub fn init(py: Python<'_>) {
 
 #[cfg(Py_3_11)]
 unsafe fn frame_globals(frame: *mut ffi::PyFrameObject) -> *mut ffi::PyObject {
-    ffi::PyFrame_GetGlobals(frame) // a new reference
+    // SAFETY: the caller upholds this function's contract (see its doc).
+    unsafe {
+        ffi::PyFrame_GetGlobals(frame) // a new reference
+    }
 }
 #[cfg(Py_3_11)]
 unsafe fn release_globals(globals: *mut ffi::PyObject) {
-    ffi::Py_DECREF(globals)
+    // SAFETY: the caller upholds this function's contract (see its doc).
+    unsafe { ffi::Py_DECREF(globals) }
 }
 #[cfg(not(Py_3_11))]
 unsafe fn frame_globals(frame: *mut ffi::PyFrameObject) -> *mut ffi::PyObject {
-    match LAYOUT.get().and_then(|l| l.globals) {
-        // The frame's f_globals field (borrowed), at an offset checked at import.
-        Some(offset) => *frame.cast::<u8>().add(offset).cast::<*mut ffi::PyObject>(),
-        None => std::ptr::null_mut(),
+    // SAFETY: the caller upholds this function's contract (see its doc).
+    unsafe {
+        match LAYOUT.get().and_then(|l| l.globals) {
+            // The frame's f_globals field (borrowed), at an offset checked at import.
+            Some(offset) => *frame.cast::<u8>().add(offset).cast::<*mut ffi::PyObject>(),
+            None => std::ptr::null_mut(),
+        }
     }
 }
 #[cfg(not(Py_3_11))]
@@ -118,36 +137,48 @@ unsafe fn release_globals(_globals: *mut ffi::PyObject) {}
 /// SAFETY: GIL held; `frame` live.
 #[cfg(Py_3_9)]
 unsafe fn frame_code(frame: *mut ffi::PyFrameObject) -> *mut ffi::PyObject {
-    let code = ffi::PyFrame_GetCode(frame); // a new reference
-    ffi::Py_DECREF(code.cast()); // the frame keeps it alive
-    code.cast()
+    // SAFETY: the caller upholds this function's contract (see its doc).
+    unsafe {
+        let code = ffi::PyFrame_GetCode(frame); // a new reference
+        ffi::Py_DECREF(code.cast()); // the frame keeps it alive
+        code.cast()
+    }
 }
 #[cfg(not(Py_3_9))]
 unsafe fn frame_code(frame: *mut ffi::PyFrameObject) -> *mut ffi::PyObject {
-    match LAYOUT.get().and_then(|l| l.code) {
-        // The frame's f_code field (borrowed), at an offset checked at import.
-        Some(offset) => *frame.cast::<u8>().add(offset).cast::<*mut ffi::PyObject>(),
-        None => std::ptr::null_mut(),
+    // SAFETY: the caller upholds this function's contract (see its doc).
+    unsafe {
+        match LAYOUT.get().and_then(|l| l.code) {
+            // The frame's f_code field (borrowed), at an offset checked at import.
+            Some(offset) => *frame.cast::<u8>().add(offset).cast::<*mut ffi::PyObject>(),
+            None => std::ptr::null_mut(),
+        }
     }
 }
 
 /// SAFETY: GIL held; `frame` live; `arg` the (type, value, traceback) tuple
 /// of a PyTrace_EXCEPTION event.
 unsafe fn emit_exception(py: Python<'_>, frame: *mut ffi::PyFrameObject, arg: *mut ffi::PyObject) {
-    let exc_type = names::preserving_error(py, || {
-        Bound::from_borrowed_ptr(py, arg)
-            .cast::<PyTuple>()
-            .ok()
-            .and_then(|t| t.get_item(0).ok())
-            .and_then(|t| t.cast_into::<PyType>().ok())
-    });
-    if let Some(ty) = &exc_type {
-        if ty.as_ptr() == ffi::PyExc_StopIteration && ends_iteration(py, frame) {
-            return;
+    let _ = py;
+    hook::attached(|py| {
+        // SAFETY: the caller upholds this function's contract (see its doc).
+        unsafe {
+            let exc_type = names::preserving_error(py, || {
+                Bound::from_borrowed_ptr(py, arg)
+                    .cast::<PyTuple>()
+                    .ok()
+                    .and_then(|t| t.get_item(0).ok())
+                    .and_then(|t| t.cast_into::<PyType>().ok())
+            });
+            if let Some(ty) = &exc_type {
+                if ty.as_ptr() == ffi::PyExc_StopIteration && ends_iteration(py, frame) {
+                    return;
+                }
+            }
+            let lineno = ffi::PyFrame_GetLineNumber(frame);
+            hook::emit_exception(py, exc_type.as_ref(), frame_code(frame), lineno);
         }
-    }
-    let lineno = ffi::PyFrame_GetLineNumber(frame);
-    hook::emit_exception(py, exc_type.as_ref(), frame_code(frame), lineno);
+    });
 }
 
 /// Whether `frame` stands at an instruction that drives an iterator or
@@ -159,113 +190,210 @@ unsafe fn emit_exception(py: Python<'_>, frame: *mut ffi::PyFrameObject, arg: *m
 ///
 /// SAFETY: GIL held; `frame` live.
 unsafe fn ends_iteration(py: Python<'_>, frame: *mut ffi::PyFrameObject) -> bool {
-    static DRIVERS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    names::preserving_error(py, || {
-        let drivers = DRIVERS.get_or_init(|| {
-            let opmap = py.import("dis").and_then(|dis| dis.getattr("opmap"));
-            ["FOR_ITER", "YIELD_FROM", "SEND"]
-                .iter()
-                .filter_map(|name| opmap.as_ref().ok()?.get_item(name).ok()?.extract().ok())
-                .collect()
-        });
-        let frame = Bound::from_borrowed_ptr(py, frame.cast());
-        let opcode = || -> PyResult<u8> {
-            let lasti: usize = frame.getattr("f_lasti")?.extract()?;
-            let code = frame.getattr("f_code")?.getattr("co_code")?;
-            code.get_item(lasti)?.extract()
-        };
-        opcode().is_ok_and(|op| drivers.contains(&op))
+    // SAFETY: the caller upholds this function's contract (see its doc).
+    unsafe {
+        static DRIVERS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        names::preserving_error(py, || {
+            let drivers = DRIVERS.get_or_init(|| {
+                let opmap = py.import("dis").and_then(|dis| dis.getattr("opmap"));
+                ["FOR_ITER", "YIELD_FROM", "SEND"]
+                    .iter()
+                    .filter_map(|name| opmap.as_ref().ok()?.get_item(name).ok()?.extract().ok())
+                    .collect()
+            });
+            let frame = Bound::from_borrowed_ptr(py, frame.cast());
+            let opcode = || -> PyResult<u8> {
+                let lasti: usize = frame.getattr("f_lasti")?.extract()?;
+                let code = frame.getattr("f_code")?.getattr("co_code")?;
+                code.get_item(lasti)?.extract()
+            };
+            opcode().is_ok_and(|op| drivers.contains(&op))
+        })
+    }
+}
+
+/// The program's own profile and trace functions on one thread, which
+/// pyust's call first (their objects stay installed, with pyust's functions).
+#[derive(Clone, Copy, Default)]
+struct Chain {
+    profile: Option<ffi::Py_tracefunc>,
+    trace: Option<ffi::Py_tracefunc>,
+}
+
+/// Each thread's chain, by thread state, as found when pyust's callbacks
+/// were installed there (a state freed and reused by a new thread gets its
+/// entry anew when pyust's callbacks are installed on it).
+static CHAINS: Mutex<Option<HashMap<usize, Chain>>> = Mutex::new(None);
+/// Bumped whenever `CHAINS` changes: each thread then reads its entry again.
+static CHAINS_VERSION: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's chain, as of `CHAINS_VERSION` (0: never read).
+    static MY_CHAIN: Cell<(u64, Chain)> = const { Cell::new((0, Chain { profile: None, trace: None })) };
+}
+
+/// The calling thread's chain.
+#[inline]
+fn my_chain() -> Chain {
+    let version = CHAINS_VERSION.load(Ordering::Acquire);
+    MY_CHAIN.with(|cell| {
+        let (seen, chain) = cell.get();
+        if seen == version {
+            return chain;
+        }
+        // SAFETY: called from the callbacks, with the GIL held.
+        let ts = unsafe { ffi::PyThreadState_Get() } as usize;
+        let chain = CHAINS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|c| c.get(&ts).copied())
+            .unwrap_or_default();
+        cell.set((version, chain));
+        chain
     })
+}
+
+fn set_chain(ts: *mut ffi::PyThreadState, chain: Chain) {
+    CHAINS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(ts as usize, chain);
+    CHAINS_VERSION.fetch_add(1, Ordering::Release);
+}
+
+fn chain_of(ts: *mut ffi::PyThreadState) -> Chain {
+    CHAINS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|c| c.get(&(ts as usize)).copied())
+        .unwrap_or_default()
 }
 
 /// The profile function: calls, returns and C calls.
 unsafe extern "C" fn profile_hook(
-    _obj: *mut ffi::PyObject,
+    obj: *mut ffi::PyObject,
     frame: *mut ffi::PyFrameObject,
     what: c_int,
     arg: *mut ffi::PyObject,
 ) -> c_int {
-    // A panic must not cross into CPython; there is nothing to report it to.
-    let _ = std::panic::catch_unwind(|| {
+    let chain = my_chain();
+    if let Some(theirs) = chain.profile {
+        // SAFETY: the program's own profile function, called as CPython
+        // would: its object, the live frame and argument of this event.
+        let status = unsafe { theirs(obj, frame, what, arg) };
+        if status != 0 {
+            return status; // its error is set: CPython raises it
+        }
+    }
+    hook::guarded(|py| {
         // SAFETY: CPython calls profile functions with the GIL held and live
         // `frame`/`arg` for the duration of the call.
-        unsafe { profile_event(frame, what, arg) }
+        unsafe { profile_event(py, frame, what, arg) }
     });
     0
 }
 
-unsafe fn profile_event(frame: *mut ffi::PyFrameObject, what: c_int, arg: *mut ffi::PyObject) {
-    let py = Python::assume_attached();
-    if !ENABLED.load(Ordering::Relaxed) || !hook::ARMED.load(Ordering::Relaxed) {
+/// # Safety
+/// GIL held; `frame` and `arg` those of a live profile event.
+unsafe fn profile_event(
+    py: Python<'_>,
+    frame: *mut ffi::PyFrameObject,
+    what: c_int,
+    arg: *mut ffi::PyObject,
+) {
+    if !ENABLED.load(Ordering::Relaxed) || !ARMED.load(Ordering::Relaxed) {
         uninstall_current_thread();
         return;
     }
-    match what {
-        ffi::PyTrace_CALL => {
-            hook::frame_entered();
-            if tp::on(tp::EV_CALL) {
+    // SAFETY: GIL held, `frame` and `arg` live (the caller promises);
+    // `arg` is the callable of the C events.
+    unsafe {
+        match what {
+            ffi::PyTrace_CALL if hook::frame_entered() && tp::on(tp::EV_CALL) => {
                 let globals = frame_globals(frame);
                 hook::emit_call(py, frame_code(frame), globals);
                 release_globals(globals);
             }
-        }
-        ffi::PyTrace_RETURN => hook::frame_left(),
-        ffi::PyTrace_C_CALL => {
-            if hook::is_own(arg) {
-                return;
-            }
-            hook::c_call_entered();
-            if tp::on(tp::EV_C_CALL) {
+            ffi::PyTrace_CALL => {}
+            ffi::PyTrace_RETURN => hook::frame_left(),
+            // Counted even when the event is off (the guard runs in order).
+            ffi::PyTrace_C_CALL
+                if !hook::is_own(arg) && hook::c_call_entered() && tp::on(tp::EV_C_CALL) =>
+            {
                 hook::emit_c_call(py, arg);
             }
+            ffi::PyTrace_C_RETURN | ffi::PyTrace_C_EXCEPTION if !hook::is_own(arg) => {
+                hook::c_call_left();
+            }
+            _ => {}
         }
-        ffi::PyTrace_C_RETURN | ffi::PyTrace_C_EXCEPTION if !hook::is_own(arg) => {
-            hook::c_call_left();
-        }
-        _ => {}
     }
 }
 
 /// The trace function: only for `PyTrace_EXCEPTION` (profile functions are
 /// not told of exceptions). Line events are switched off on each frame it
-/// sees, so it costs one callback per frame, not per line.
+/// sees, so it costs one callback per frame, not per line — unless the
+/// program has a trace function of its own, which gets every event.
 unsafe extern "C" fn trace_hook(
-    _obj: *mut ffi::PyObject,
+    obj: *mut ffi::PyObject,
     frame: *mut ffi::PyFrameObject,
     what: c_int,
     arg: *mut ffi::PyObject,
 ) -> c_int {
-    let _ = std::panic::catch_unwind(|| {
+    let chain = my_chain();
+    if let Some(theirs) = chain.trace {
+        // SAFETY: as in `profile_hook`.
+        let status = unsafe { theirs(obj, frame, what, arg) };
+        if status != 0 {
+            return status;
+        }
+    }
+    hook::guarded(|py| {
         // SAFETY: as for `profile_hook`.
-        unsafe { trace_event(frame, what, arg) }
+        unsafe { trace_event(py, frame, what, arg, chain.trace.is_some()) }
     });
     0
 }
 
-unsafe fn trace_event(frame: *mut ffi::PyFrameObject, what: c_int, arg: *mut ffi::PyObject) {
-    let py = Python::assume_attached();
-    if !WANT_TRACE.load(Ordering::Relaxed) {
-        // Re-armed without python:exception (or disarmed): leave.
-        ffi::PyEval_SetTrace(None, std::ptr::null_mut());
+/// # Safety
+/// GIL held; `frame` and `arg` those of a live trace event.
+unsafe fn trace_event(
+    py: Python<'_>,
+    frame: *mut ffi::PyFrameObject,
+    what: c_int,
+    arg: *mut ffi::PyObject,
+    chained: bool,
+) {
+    if !WANT_TRACE.load(Ordering::Relaxed) || !ENABLED.load(Ordering::Relaxed) {
+        // Re-armed without python:exception, or disabled: leave.
+        uninstall_trace_current_thread();
         return;
     }
     match what {
-        ffi::PyTrace_CALL | ffi::PyTrace_LINE => match LAYOUT.get().and_then(|l| l.trace_lines) {
-            // SAFETY: the offset of the frame's f_trace_lines flag, checked at import.
-            Some(offset) => *frame.cast::<u8>().add(offset) = 0,
-            None => names::preserving_error(py, || {
-                let frame = Bound::from_borrowed_ptr(py, frame.cast());
-                let _ = frame.setattr(pyo3::intern!(py, "f_trace_lines"), false);
-            }),
-        },
-        ffi::PyTrace_EXCEPTION if ENABLED.load(Ordering::Relaxed) && tp::on(tp::EV_EXCEPTION) => {
-            emit_exception(py, frame, arg);
+        ffi::PyTrace_CALL | ffi::PyTrace_LINE if !chained => {
+            match LAYOUT.get().and_then(|l| l.trace_lines) {
+                // SAFETY: the offset of the frame's f_trace_lines flag,
+                // checked at import; `frame` is live.
+                Some(offset) => unsafe { *frame.cast::<u8>().add(offset) = 0 },
+                None => names::preserving_error(py, || {
+                    // SAFETY: `frame` is a live frame object.
+                    let frame = unsafe { Bound::from_borrowed_ptr(py, frame.cast()) };
+                    let _ = frame.setattr(pyo3::intern!(py, "f_trace_lines"), false);
+                }),
+            }
+        }
+        ffi::PyTrace_EXCEPTION if ARMED.load(Ordering::Relaxed) && tp::on(tp::EV_EXCEPTION) => {
+            // SAFETY: as the caller promises.
+            unsafe { emit_exception(py, frame, arg) };
         }
         _ => {}
     }
 }
 
-/// Shapes (see `hook::sync`): the profile function for calls, returns
+/// Shapes (see `control::sync`): the profile function for calls, returns
 /// and C calls; the trace function as well when `python:exception` is
 /// recorded. A trace function costs more than the profile function
 /// itself (a second callback per call and return, and CPython's per-line
@@ -284,25 +412,118 @@ pub fn shape(mask: c_int) -> u8 {
 }
 
 /// Whether the trace function is part of the armed shape.
-static WANT_TRACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+static WANT_TRACE: AtomicBool = AtomicBool::new(true);
 
-/// Installs the callbacks of the armed shape on the calling thread.
-fn install_current_thread() {
-    // SAFETY: the GIL is held by every caller (pyfunctions and the hooks).
+/// Installs pyust's callbacks on thread `ts` (the calling thread on 3.8),
+/// in front of the program's own: theirs are kept in the thread's chain,
+/// their objects stay installed.
+///
+/// # Safety
+/// GIL held; `ts` a live thread state of this interpreter.
+unsafe fn install(ts: *mut ffi::PyThreadState, trace: bool) {
+    // SAFETY: as the caller promises.
+    let Some(now) = (unsafe { cpy::hooks(ts) }) else {
+        // The thread state's layout is unknown: pyust's alone, as before 3.9.
+        // SAFETY: GIL held.
+        unsafe {
+            set_hook(ts, false, Some(profile_hook), std::ptr::null_mut());
+            if trace {
+                set_hook(ts, true, Some(trace_hook), std::ptr::null_mut());
+            }
+        }
+        return;
+    };
+    let mut chain = chain_of(ts);
+    let ours_p = cpy::same_hook(now.profile, profile_hook);
+    let ours_t = cpy::same_hook(now.trace, trace_hook);
+    if !ours_p {
+        chain.profile = now.profile;
+    }
+    if trace && !ours_t {
+        chain.trace = now.trace;
+    }
+    set_chain(ts, chain);
+    // SAFETY: as the caller promises; the objects are the thread's own,
+    // alive while installed.
     unsafe {
-        ffi::PyEval_SetProfile(Some(profile_hook), std::ptr::null_mut());
-        if WANT_TRACE.load(Ordering::SeqCst) {
-            ffi::PyEval_SetTrace(Some(trace_hook), std::ptr::null_mut());
+        if !ours_p {
+            set_hook(ts, false, Some(profile_hook), now.profile_obj);
+        }
+        if trace && !ours_t {
+            set_hook(ts, true, Some(trace_hook), now.trace_obj);
         }
     }
 }
 
-/// Removes them from the calling thread (if they are still ours).
-fn uninstall_current_thread() {
-    // SAFETY: GIL held, as above.
+/// One of thread `ts`'s two functions (the calling thread's before 3.9).
+///
+/// # Safety
+/// GIL held; `ts` live; `obj` null or live.
+unsafe fn set_hook(
+    ts: *mut ffi::PyThreadState,
+    trace: bool,
+    func: Option<ffi::Py_tracefunc>,
+    obj: *mut ffi::PyObject,
+) {
+    // SAFETY: as the caller promises.
     unsafe {
-        ffi::PyEval_SetProfile(None, std::ptr::null_mut());
-        ffi::PyEval_SetTrace(None, std::ptr::null_mut());
+        #[cfg(Py_3_9)]
+        if trace {
+            cpy::set_trace(ts, func, obj);
+        } else {
+            cpy::set_profile(ts, func, obj);
+        }
+        #[cfg(not(Py_3_9))]
+        {
+            let _ = ts;
+            cpy::set_own(trace, func, obj);
+        }
+    }
+}
+
+/// Installs the callbacks of the armed shape on the calling thread.
+fn install_current_thread() {
+    // SAFETY: the GIL is held by every caller (pyfunctions and the hooks).
+    unsafe { install(ffi::PyThreadState_Get(), WANT_TRACE.load(Ordering::SeqCst)) }
+}
+
+/// Removes pyust's callbacks from the calling thread, if they are still
+/// installed, giving the program's own back; a function the program
+/// installed since is left alone.
+fn uninstall_current_thread() {
+    uninstall_profile_current_thread();
+    uninstall_trace_current_thread();
+}
+
+fn uninstall_profile_current_thread() {
+    uninstall_one(false);
+}
+
+fn uninstall_trace_current_thread() {
+    uninstall_one(true);
+}
+
+fn uninstall_one(trace: bool) {
+    // SAFETY: GIL held by every caller; the thread state is the caller's.
+    unsafe {
+        let ts = ffi::PyThreadState_Get();
+        let Some(now) = cpy::hooks(ts) else {
+            cpy::set_own(trace, None, std::ptr::null_mut());
+            return;
+        };
+        let mut chain = chain_of(ts);
+        if trace {
+            if cpy::same_hook(now.trace, trace_hook) {
+                cpy::set_own(true, chain.trace, now.trace_obj);
+            }
+            chain.trace = None;
+        } else {
+            if cpy::same_hook(now.profile, profile_hook) {
+                cpy::set_own(false, chain.profile, now.profile_obj);
+            }
+            chain.profile = None;
+        }
+        set_chain(ts, chain);
     }
 }
 
@@ -311,8 +532,12 @@ fn uninstall_current_thread() {
 pub const CAN_ARM_ALL_THREADS: bool = cfg!(Py_3_9);
 
 /// The launcher's thread once its script has ended: never armed again.
-static LEFT: std::sync::atomic::AtomicPtr<ffi::PyThreadState> =
-    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+static LEFT: AtomicPtr<ffi::PyThreadState> = AtomicPtr::new(std::ptr::null_mut());
+/// pyust's `_thread_start` while it is threading's profile hook.
+static THREAD_START: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+/// The program's own `threading.setprofile` hook, which pyust's replaced:
+/// new threads get it back, pyust's callbacks in front of it.
+static PROGRAM_THREAD_HOOK: Mutex<Option<Py<PyAny>>> = Mutex::new(None);
 
 /// Tracing is enabled: threads started later arm themselves through
 /// threading's profile hook.
@@ -325,12 +550,26 @@ pub fn start(py: Python<'_>, thread_start: &Bound<'_, PyAny>) -> PyResult<()> {
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
-    set_threading_hook(py, thread_start)
+    let threading = py.import("threading")?;
+    let theirs = threading_hook(&threading)?;
+    if !theirs.is_none() && !theirs.is(thread_start) {
+        *PROGRAM_THREAD_HOOK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(theirs.unbind());
+    }
+    THREAD_START.store(thread_start.as_ptr(), Ordering::SeqCst);
+    set_threading_hook(&threading, thread_start)
 }
 
-/// Tracing is disabled.
+/// Tracing is disabled: threading's profile hook is the program's again.
 pub fn stop(py: Python<'_>) -> PyResult<()> {
-    set_threading_hook(py, &py.None().into_bound(py))
+    let theirs = PROGRAM_THREAD_HOOK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let threading = py.import("threading")?;
+    let hook = theirs.map_or_else(|| py.None().into_bound(py), |h| h.into_bound(py));
+    set_threading_hook(&threading, &hook)
 }
 
 /// Installs the callbacks of `shape` on every thread of the interpreter
@@ -343,13 +582,14 @@ pub fn arm(_py: Python<'_>, shape: u8) -> PyResult<()> {
     // SAFETY: GIL held, so the thread list is stable; each state is live.
     unsafe {
         let left = LEFT.load(Ordering::SeqCst);
+        let thread_start = THREAD_START.load(Ordering::SeqCst);
         let mut ts = ffi::PyInterpreterState_ThreadHead(ffi::PyInterpreterState_Get());
         while !ts.is_null() {
-            if ts != left {
-                tp::set_profile(ts, Some(profile_hook));
-                if trace {
-                    tp::set_trace(ts, Some(trace_hook));
-                }
+            // A thread whose first event is still to come installs the
+            // callbacks itself (`thread_start`).
+            let starting = cpy::hooks(ts).is_some_and(|h| h.profile_obj == thread_start);
+            if ts != left && !starting {
+                install(ts, trace);
             }
             ts = ffi::PyThreadState_Next(ts);
         }
@@ -374,10 +614,14 @@ pub fn leave_current_thread() {
     uninstall_current_thread();
 }
 
+/// What `threading.getprofile()` returns (3.10+; `_profile_hook` before).
+fn threading_hook<'py>(threading: &Bound<'py, PyModule>) -> PyResult<Bound<'py, PyAny>> {
+    threading.getattr("_profile_hook")
+}
+
 /// What `threading.setprofile(hook)` does, without running Python code
 /// (which the hook, already installed, would report).
-fn set_threading_hook(py: Python<'_>, hook: &Bound<'_, PyAny>) -> PyResult<()> {
-    let threading = py.import("threading")?;
+fn set_threading_hook(threading: &Bound<'_, PyModule>, hook: &Bound<'_, PyAny>) -> PyResult<()> {
     if threading.hasattr("_profile_hook")? {
         threading.setattr("_profile_hook", hook)
     } else {
@@ -386,11 +630,32 @@ fn set_threading_hook(py: Python<'_>, hook: &Bound<'_, PyAny>) -> PyResult<()> {
 }
 
 /// First event of a thread started while tracing: installed by
-/// `threading.setprofile`, it replaces itself with the C hooks and reports
-/// the event it was called for.
-pub fn thread_start(frame: &Bound<'_, PyAny>, event: &str) {
-    if !ENABLED.load(Ordering::SeqCst) || !hook::ARMED.load(Ordering::SeqCst) {
-        uninstall_current_thread();
+/// `threading.setprofile`, it gives the thread the program's own
+/// threading profile hook back (and that hook this event), then puts
+/// pyust's callbacks in front of it and reports the event.
+pub fn thread_start(frame: &Bound<'_, PyAny>, event: &str, arg: Option<&Bound<'_, PyAny>>) {
+    let py = frame.py();
+    let theirs = PROGRAM_THREAD_HOOK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|h| h.clone_ref(py));
+    names::preserving_error(py, || match &theirs {
+        Some(theirs) => {
+            let sys = py.import("sys")?;
+            sys.call_method1("setprofile", (theirs,))?;
+            let none = py.None();
+            theirs.call1(py, (frame, event, arg.unwrap_or(none.bind(py))))?;
+            PyResult::Ok(())
+        }
+        None => {
+            // SAFETY: GIL held; removes `_thread_start` from this thread.
+            unsafe { cpy::set_own(false, None, std::ptr::null_mut()) };
+            Ok(())
+        }
+    })
+    .ok();
+    if !ENABLED.load(Ordering::SeqCst) || !ARMED.load(Ordering::SeqCst) {
         return;
     }
     install_current_thread();
@@ -398,6 +663,7 @@ pub fn thread_start(frame: &Bound<'_, PyAny>, event: &str) {
         // SAFETY: GIL held; `frame` is a live frame object.
         unsafe {
             profile_event(
+                py,
                 frame.as_ptr().cast(),
                 ffi::PyTrace_CALL,
                 std::ptr::null_mut(),

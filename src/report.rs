@@ -95,6 +95,8 @@ struct Frame {
 struct Thread {
     pid: i64,
     tid: i64,
+    /// Which process of that pid (a pid reused after an exit is another).
+    incarnation: u32,
     procname: String,
     stack: Vec<Frame>,
     /// How many frames of each function are on the stack (recursion).
@@ -102,8 +104,33 @@ struct Thread {
     /// This thread's root in the call tree.
     root: u32,
     last_ns: i64,
-    last_stream: usize,
+    /// The streams (CPUs) this thread ran on, most recent last: (stream,
+    /// time of its first event there), the last `RUNS` changes.
+    runs: std::collections::VecDeque<(usize, i64)>,
+    /// Whether a loss of events may have cut into this thread.
+    lost: bool,
 }
+
+/// How many CPU changes a thread remembers (to tell which losses hit it).
+const RUNS: usize = 16;
+
+impl Thread {
+    /// Whether this thread ran on `stream` at some time in `[begin, end]`.
+    fn ran_on(&self, stream: usize, begin: i64, end: i64) -> bool {
+        let mut runs = self.runs.iter().peekable();
+        while let Some(&(s, start)) = runs.next() {
+            let until = runs.peek().map_or(i64::MAX, |&&(_, next)| next);
+            if s == stream && start <= end && until > begin {
+                return true;
+            }
+        }
+        // Older than what is remembered: only the earliest run can tell.
+        self.runs.len() == RUNS && self.runs.front().is_some_and(|&(_, t)| t > begin)
+    }
+}
+
+/// The C functions that end their process: their frames never return.
+const PROCESS_EXITS: [&str; 3] = ["posix._exit", "os._exit", "nt._exit"];
 
 /// A call path: (parent path, function), with the time spent in it
 /// itself. The folded stacks and the flame graph are its leaves' paths.
@@ -131,7 +158,12 @@ struct Tables {
 
 struct Analysis<'o> {
     opts: &'o Options,
-    threads: FxMap<(i64, i64), Thread>,
+    /// By (pid, incarnation, tid).
+    threads: FxMap<(i64, u32, i64), Thread>,
+    /// The current incarnation of each pid: bumped when a process exits
+    /// (`os._exit`), so that a later process with the same pid is another.
+    incarnations: FxMap<i64, u32>,
+
     tables: Tables,
     events: u64,
     other_events: u64,
@@ -143,6 +175,11 @@ struct Analysis<'o> {
     unmatched: u64,
     /// Frames closed at a loss of events (their returns may be lost).
     cut_at_loss: u64,
+    /// C frames closed by their caller's return, with nothing lost: C
+    /// calls whose `c_return` never came.
+    c_unreturned: u64,
+    /// Frames open when their process ended (`os._exit`).
+    closed_at_exit: u64,
     /// Frames still open when the trace ends.
     open_at_end: u64,
     no_thread_context: bool,
@@ -176,6 +213,7 @@ fn run(
     let mut analysis = Analysis {
         opts,
         threads: FxMap::default(),
+        incarnations: FxMap::default(),
         tables: Tables {
             funcs: Vec::new(),
             func_index: FxMap::default(),
@@ -195,6 +233,8 @@ fn run(
         discarded: Vec::new(),
         unmatched: 0,
         cut_at_loss: 0,
+        c_unreturned: 0,
+        closed_at_exit: 0,
         open_at_end: 0,
         no_thread_context: false,
     };
@@ -351,18 +391,21 @@ impl Analysis<'_> {
         if ev.vtid == 0 && ev.vpid == 0 {
             self.no_thread_context = true;
         }
-        let thread = match self.threads.entry((ev.vpid, ev.vtid)) {
+        let incarnation = *self.incarnations.entry(ev.vpid).or_insert(0);
+        let thread = match self.threads.entry((ev.vpid, incarnation, ev.vtid)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 let thread = Thread {
                     pid: ev.vpid,
                     tid: ev.vtid,
+                    incarnation,
                     procname: ev.procname.to_owned(),
                     stack: Vec::new(),
                     active: FxMap::default(),
                     root: tables.root(),
                     last_ns: ev.ns,
-                    last_stream: ev.stream,
+                    runs: std::collections::VecDeque::new(),
+                    lost: false,
                 };
                 if let Some(t) = &mut tables.timeline {
                     t.thread(&thread)?;
@@ -371,7 +414,12 @@ impl Analysis<'_> {
             }
         };
         thread.last_ns = ev.ns;
-        thread.last_stream = ev.stream;
+        if thread.runs.back().map_or(true, |&(s, _)| s != ev.stream) {
+            if thread.runs.len() == RUNS {
+                thread.runs.pop_front();
+            }
+            thread.runs.push_back((ev.stream, ev.ns));
+        }
         match ev.kind {
             Kind::Call | Kind::CCall => {
                 let c = ev.kind == Kind::CCall;
@@ -389,6 +437,9 @@ impl Analysis<'_> {
                 if let Some(t) = &mut tables.timeline {
                     t.begin(ev, tables.t0, &tables.funcs[func as usize], c)?;
                 }
+                if c && PROCESS_EXITS.contains(&ev.co_qualname) {
+                    self.process_exit(ev.vpid, ev.ns)?;
+                }
             }
             Kind::Return | Kind::CReturn => {
                 // A C frame left open means its c_return was lost: close it too.
@@ -400,7 +451,11 @@ impl Analysis<'_> {
                     return Ok(());
                 }
                 while tables.close_top(thread, ev.ns)? != want_c {
-                    self.cut_at_loss += 1;
+                    if thread.lost {
+                        self.cut_at_loss += 1;
+                    } else {
+                        self.c_unreturned += 1;
+                    }
                 }
             }
             Kind::Exception => {
@@ -418,10 +473,12 @@ impl Analysis<'_> {
     /// over (a return with no open frame is then ignored).
     fn lost(&mut self, d: &Discarded) -> Result<(), String> {
         let at = d.begin_ns.unwrap_or(self.last_ns);
+        let until = d.end_ns.unwrap_or(at).max(at);
         for thread in self.threads.values_mut() {
-            if thread.last_stream != d.stream {
+            if !thread.ran_on(d.stream, at, until) {
                 continue;
             }
+            thread.lost = true;
             while let Some(top) = thread.stack.last() {
                 let ns = at.max(top.start);
                 self.tables.close_top(thread, ns)?;
@@ -431,14 +488,47 @@ impl Analysis<'_> {
         Ok(())
     }
 
-    /// Closes the frames still open at the trace's last event.
-    fn finish(&mut self) -> Result<(), String> {
-        let end = self.last_ns;
-        let mut threads: Vec<&mut Thread> = self.threads.values_mut().collect();
-        threads.sort_unstable_by_key(|t| (t.pid, t.tid));
+    /// Process `pid` ended at `ns` (`os._exit`): the frames of its
+    /// threads close there, and a later event of that pid is another
+    /// process.
+    fn process_exit(&mut self, pid: i64, ns: i64) -> Result<(), String> {
+        let incarnation = self.incarnations.entry(pid).or_insert(0);
+        let current = *incarnation;
+        *incarnation += 1;
+        let mut threads: Vec<&mut Thread> = self
+            .threads
+            .values_mut()
+            .filter(|t| t.pid == pid && t.incarnation == current)
+            .collect();
+        threads.sort_unstable_by_key(|t| t.tid);
         for thread in threads {
-            while !thread.stack.is_empty() {
-                self.tables.close_top(thread, end)?;
+            while let Some(top) = thread.stack.last() {
+                let at = ns.max(top.start);
+                self.tables.close_top(thread, at)?;
+                self.closed_at_exit += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the frames still open when the trace ends, each at the last
+    /// event of its own process (not of the whole trace: a process that
+    /// ended earlier did not run until then).
+    fn finish(&mut self) -> Result<(), String> {
+        let mut process_end: FxMap<(i64, u32), i64> = FxMap::default();
+        for t in self.threads.values() {
+            let end = process_end
+                .entry((t.pid, t.incarnation))
+                .or_insert(t.last_ns);
+            *end = (*end).max(t.last_ns);
+        }
+        let mut threads: Vec<&mut Thread> = self.threads.values_mut().collect();
+        threads.sort_unstable_by_key(|t| (t.pid, t.incarnation, t.tid));
+        for thread in threads {
+            let end = process_end[&(thread.pid, thread.incarnation)];
+            while let Some(top) = thread.stack.last() {
+                let at = end.max(top.start);
+                self.tables.close_top(thread, at)?;
                 self.open_at_end += 1;
             }
         }
@@ -451,8 +541,11 @@ impl Analysis<'_> {
     fn table(&self, trace: &Path) -> String {
         let mut out = String::new();
         let span = self.first_ns.map_or(0, |f| self.last_ns - f);
-        let processes: std::collections::BTreeSet<i64> =
-            self.threads.values().map(|t| t.pid).collect();
+        let processes: std::collections::BTreeSet<(i64, u32)> = self
+            .threads
+            .values()
+            .map(|t| (t.pid, t.incarnation))
+            .collect();
         let _ = writeln!(out, "pyust report: {}", trace.display());
         let _ = writeln!(
             out,
@@ -500,10 +593,24 @@ impl Analysis<'_> {
                 self.unmatched
             );
         }
+        if self.c_unreturned > 0 {
+            let _ = writeln!(
+                out,
+                "{} C call(s) without a c_return: closed by their caller's return",
+                self.c_unreturned
+            );
+        }
+        if self.closed_at_exit > 0 {
+            let _ = writeln!(
+                out,
+                "{} frame(s) open when their process exited (os._exit): closed there",
+                self.closed_at_exit
+            );
+        }
         if self.open_at_end > 0 {
             let _ = writeln!(
                 out,
-                "{} frame(s) still running when the trace ends: counted until its last event",
+                "{} frame(s) still running when the trace ends: counted until their process's last event",
                 self.open_at_end
             );
         }

@@ -271,3 +271,139 @@ def test_launcher_under_manual_session_only_sees_its_process(session: Session) -
     proc, events = run_traced(session, SCENARIOS / "foo.py")
     assert proc.returncode == 0
     assert {e.vpid for e in events} == {events[0].vpid}
+
+
+# --- record on a terminal: Ctrl-C, SIGTERM, hangup -----------------------------
+
+SLEEPER = (
+    "import time\n"
+    "def nap():\n"
+    "    while True:\n"
+    "        time.sleep(0.05)\n"
+    "print('ready', flush=True)\n"
+    "nap()\n"
+)
+
+
+class Terminal:
+    """`pyust record` run as a person runs it: in the foreground of a real
+    pseudo-terminal whose session it leads (as a login shell's job)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        import fcntl
+        import pty
+        import termios
+
+        self.master, slave = pty.openpty()
+
+        def take_terminal() -> None:  # in the child, after setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=take_terminal,
+        )
+        os.close(slave)
+        self.output = b""
+
+    def read_until(self, text: bytes, timeout: float = 60) -> None:
+        import select
+
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {text!r} on the terminal: {self.output!r}"
+            ready, _, _ = select.select([self.master], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(self.master, 4096)
+                except OSError:  # EIO: every slave side is closed
+                    chunk = b""
+                assert chunk, f"terminal closed before {text!r}: {self.output!r}"
+                self.output += chunk
+
+    def finish(self, timeout: float = 60) -> int:
+        """Reads the terminal until the program ends; its exit status."""
+        import select
+
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None or select.select([self.master], [], [], 0)[0]:
+            assert time.monotonic() < deadline, f"still running: {self.output!r}"
+            if select.select([self.master], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(self.master, 4096)
+                except OSError:
+                    chunk = b""
+                if not chunk and self.proc.poll() is not None:
+                    break
+                self.output += chunk
+        os.close(self.master)
+        return self.proc.wait(timeout=timeout)
+
+
+def _record_sleeper_on_terminal(tmp_path: Path) -> tuple[Terminal, Path]:
+    script = write_script(tmp_path, "sleeper.py", SLEEPER)
+    out_dir = tmp_path / "t"
+    term = Terminal([sys.executable, "-m", "pyust", "record", "-o", str(out_dir), str(script)])
+    term.read_until(b"ready")
+    time.sleep(0.3)
+    return term, out_dir
+
+
+def _check_trace(out_dir: Path, *, complete: bool) -> list:
+    """The trace is readable and its session gone. Complete: every frame
+    returned (the program unwound); else what was recorded before the
+    program was killed nests (its last frames stay open)."""
+    events = parse_trace(babeltrace(out_dir))
+    check_nesting(events, complete=complete)
+    assert any(e.short() == "call nap" for e in events)
+    if complete:
+        assert events[-1].name == "return"
+    assert pyust_sessions() == []
+    return events
+
+
+def test_ctrl_c_on_a_terminal_stops_record(sessiond: None, tmp_path: Path) -> None:
+    term, out_dir = _record_sleeper_on_terminal(tmp_path)
+    os.write(term.master, b"\x03")  # Ctrl-C, through the terminal's line discipline
+    status = term.finish()
+    assert status == 130, term.output
+    assert b"KeyboardInterrupt" in term.output
+    assert f"trace written to {out_dir}".encode() in term.output
+    events = _check_trace(out_dir, complete=True)
+    assert any(e.name == "exception" and e["exc_type"] == "KeyboardInterrupt" for e in events)
+
+
+def test_sigterm_on_a_terminal_stops_record(sessiond: None, tmp_path: Path) -> None:
+    term, out_dir = _record_sleeper_on_terminal(tmp_path)
+    term.proc.send_signal(signal.SIGTERM)  # to `pyust record` alone, as `kill` does
+    status = term.finish()
+    assert status == 128 + signal.SIGTERM, term.output
+    assert f"trace written to {out_dir}".encode() in term.output
+    _check_trace(out_dir, complete=False)  # killed by SIGTERM: no unwinding
+
+
+def test_terminal_hangup_stops_record(sessiond: None, tmp_path: Path) -> None:
+    term, out_dir = _record_sleeper_on_terminal(tmp_path)
+    os.close(term.master)  # the terminal window is closed: SIGHUP
+    status = term.proc.wait(timeout=60)
+    assert status == 128 + signal.SIGHUP
+    _check_trace(out_dir, complete=False)  # killed by SIGHUP: no unwinding
+
+
+def test_builtins_is_the_module_as_under_python(session: Session, tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "b.py",
+        "import builtins\nassert __builtins__ is builtins, type(__builtins__)\n"
+        "print(__builtins__.len('abc'))\n",
+    )
+    plain = run_python(str(script))
+    assert plain.returncode == 0, plain.stderr
+    proc, _ = run_traced(session, script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == plain.stdout == "3\n"

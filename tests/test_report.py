@@ -85,6 +85,8 @@ def parse_report(text: str) -> Report:
         if m is None:
             continue
         label = m.group(4)
+        if label in rows and rows[label].place != m.group(5):
+            label = f"{label} ({m.group(5)})"  # two functions of one name (lambdas)
         assert label not in rows or label.startswith("threading"), f"two rows for {label}"
         rows[label] = Row(int(m.group(1)), float(m.group(2)), float(m.group(3)), m.group(5))
         order.append(label)
@@ -261,7 +263,8 @@ def test_frames_open_at_the_end(sessiond: None, tmp_path: Path) -> None:
     )
     json_out = tmp_path / "t.json"
     rep, text = report(trace, "--perfetto", str(json_out))
-    assert "3 frame(s) still running when the trace ends" in text
+    assert "3 frame(s) open when their process exited (os._exit): closed there" in text
+    assert "still running when the trace ends" not in text
     assert rep.rows["__main__.stop"].calls == 1
     assert rep.rows["__main__.stop"].cumtime >= 0.02
     assert rep.rows["posix._exit"].calls == 1
@@ -404,3 +407,46 @@ def test_frames_running_before_the_recording(sessiond: None, tmp_path: Path) -> 
     assert "without a call" not in text
     assert rep.rows["__main__.outer"].calls == 1
     assert rep.rows["__main__.outer"].cumtime >= rep.rows["__main__.inner"].cumtime
+
+
+POOL = """\
+import multiprocessing as mp
+import time
+
+
+def square(n):
+    time.sleep(0.01)
+    return n * n
+
+
+if __name__ == "__main__":
+    with mp.get_context("fork").Pool(2) as pool:
+        print(sum(pool.map(square, range(20), chunksize=1)))
+    time.sleep(0.3)  # the parent goes on after its children are gone
+"""
+
+
+def test_forked_children_end_at_their_own_exit(sessiond: None, tmp_path: Path) -> None:
+    # Each Pool worker ends in os._exit: its frames close there, not at the
+    # parent's last event, so _exit takes no time at all.
+    trace, _ = record(tmp_path, POOL)
+    json_out = tmp_path / "t.json"
+    rep, text = report(trace, "--limit", "0", "--perfetto", str(json_out))
+    assert re.search(r"\b3 process\(es\)", rep.header), text
+    assert not any("_exit" in label for label in rep.order[:10]), text
+    assert rep.rows["posix._exit"].tottime == 0
+    assert rep.rows["__main__.square"].calls == 20
+    events = json.loads(json_out.read_text())["traceEvents"]
+    last_begin: dict[int, float] = defaultdict(float)
+    last_end: dict[int, float] = defaultdict(float)
+    for e in events:
+        if e["ph"] == "B":
+            last_begin[e["pid"]] = max(last_begin[e["pid"]], e["ts"])
+        elif e["ph"] == "E":
+            last_end[e["pid"]] = max(last_end[e["pid"]], e["ts"])
+    exits = {e["pid"]: e["ts"] for e in events if e["ph"] == "B" and e["name"] == "posix._exit"}
+    assert len(exits) == 2, exits
+    for pid, at in exits.items():
+        # The child's last event is its _exit; nothing of it ends later.
+        assert last_begin[pid] == at
+        assert last_end[pid] == at

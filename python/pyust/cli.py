@@ -138,8 +138,12 @@ def parse_target(args: list[str]) -> Target:
 
 def _main_module(path: str | None) -> types.ModuleType:
     """A fresh ``__main__`` module, as the interpreter makes for a script."""
+    import builtins
+
     main = types.ModuleType("__main__")
-    main.__dict__["__builtins__"] = __builtins__
+    # The builtins module, as `python script.py` gives (in an imported
+    # module such as this one, `__builtins__` is its dict instead).
+    main.__dict__["__builtins__"] = builtins
     if path is not None:
         main.__file__ = path
         main.__cached__ = None  # type: ignore[attr-defined]
@@ -372,22 +376,30 @@ def record(argv: list[str]) -> int:
 
     created = False
     status = 1
-    # On a terminal, Ctrl-C reaches the traced child directly (same process
-    # group): this process ignores it, as forwarding it too would interrupt
-    # the child twice. Elsewhere (no terminal: a container's init, a
-    # pipeline) the child gets a session of its own and this process
-    # forwards SIGINT and SIGTERM to it. Then it always tears the session down.
+    # Signals that stop a recording: Ctrl-C (SIGINT), SIGTERM, and SIGHUP
+    # when the terminal goes away. This process catches them (a caught
+    # signal is reset to its default in the child at exec, an ignored one
+    # would stay ignored there), passes them on to the traced child and,
+    # once the child has ended, always tears the session down. On a
+    # terminal, Ctrl-C reaches the child directly (same process group), so
+    # SIGINT is not passed on there: the child would be interrupted twice.
+    # Elsewhere (a container's init, a pipeline) the child gets a session
+    # of its own and every signal reaches it through this process.
     on_terminal = _foreground_on_terminal()
-    old_int = signal.getsignal(signal.SIGINT)
-    old_term = signal.getsignal(signal.SIGTERM)
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old_handlers = {sig: signal.getsignal(sig) for sig in stop_signals}
+    received: list[int] = []
     child: subprocess.Popen[bytes] | None = None
 
-    def forward(signum: int, _frame: object) -> None:
+    def on_stop_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        if on_terminal and signum == signal.SIGINT:
+            return
         if child is not None and child.poll() is None:
             child.send_signal(signum)
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN if on_terminal else forward)
-    signal.signal(signal.SIGTERM, forward)
+    for sig in stop_signals:
+        signal.signal(sig, on_stop_signal)
     try:
         _check(_run_lttng(lttng, "create", session, f"--output={output}"), "create")
         created = True
@@ -428,27 +440,42 @@ def record(argv: list[str]) -> int:
             "add-context",
         )
         _check(_run_lttng(lttng, "start", session), "start")
-        child = subprocess.Popen(
-            [sys.executable, "-m", "pyust", "--", *target.argv], start_new_session=not on_terminal
-        )
-        status = child.wait()
-        if status < 0:
-            status = 128 - status
+        if received:  # stopped while the session was being set up
+            status = 128 + received[0]
+        else:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "pyust", "--", *target.argv],
+                start_new_session=not on_terminal,
+            )
+            status = child.wait()
+            if status < 0:
+                status = 128 - status
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A second Ctrl-C (or the hangup that follows a closed terminal)
+        # must not leave the session behind.
+        for sig in stop_signals:
+            signal.signal(sig, signal.SIG_IGN)
         if created:
             _run_lttng(lttng, "stop", session)
             lost = discarded_events(lttng, session)
             _run_lttng(lttng, "destroy", session)
             if lost:
-                print(f"pyust: LTTng discarded {lost} events (ring buffers full)", file=sys.stderr)
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
-    if view:
+                _say(f"pyust: LTTng discarded {lost} events (ring buffers full)")
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+    if view and signal.SIGHUP not in received:  # no terminal to show it on
         sys.stdout.flush()
         show(output)
-    print(f"pyust: trace written to {output}", file=sys.stderr)
+    _say(f"pyust: trace written to {output}")
     return status
+
+
+def _say(line: str) -> None:
+    """One line on stderr, which may be a terminal that has gone away."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 # --------------------------------------------------------------------------

@@ -54,6 +54,8 @@ macro_rules! api {
             /// each symbol has the C signature declared here (babeltrace2
             /// 2.0's ABI, stable across its 2.x releases).
             unsafe fn load(lib: *mut c_void) -> Result<Api, String> {
+// SAFETY: the caller upholds this function's contract (see its doc).
+unsafe {
                 Ok(Api {
                     $($name: {
                         let sym = dlsym(lib, concat!(stringify!($name), "\0").as_ptr().cast());
@@ -64,6 +66,7 @@ macro_rules! api {
                     },)*
                 })
             }
+}
         }
     };
 }
@@ -403,23 +406,26 @@ fn find_traces(dir: &Path, out: &mut Vec<std::path::PathBuf>, depth: u32) {
 
 /// The current thread's babeltrace2 error, as one line after `what`.
 unsafe fn take_error(api: &Api, what: &str) -> String {
-    let error = (api.bt_current_thread_take_error)();
-    if error.is_null() {
-        return format!("babeltrace2: {what}");
-    }
-    let mut causes = Vec::new();
-    for i in 0..(api.bt_error_get_cause_count)(error) {
-        let cause = (api.bt_error_borrow_cause_by_index)(error, i);
-        let message = (api.bt_error_cause_get_message)(cause);
-        if !message.is_null() {
-            causes.push(CStr::from_ptr(message).to_string_lossy().replace('\n', " "));
+    // SAFETY: the caller upholds this function's contract (see its doc).
+    unsafe {
+        let error = (api.bt_current_thread_take_error)();
+        if error.is_null() {
+            return format!("babeltrace2: {what}");
         }
-    }
-    (api.bt_error_release)(error);
-    // The first cause is the deepest one (the actual reason).
-    match causes.first() {
-        Some(cause) => format!("babeltrace2: {what}: {cause}"),
-        None => format!("babeltrace2: {what}"),
+        let mut causes = Vec::new();
+        for i in 0..(api.bt_error_get_cause_count)(error) {
+            let cause = (api.bt_error_borrow_cause_by_index)(error, i);
+            let message = (api.bt_error_cause_get_message)(cause);
+            if !message.is_null() {
+                causes.push(CStr::from_ptr(message).to_string_lossy().replace('\n', " "));
+            }
+        }
+        (api.bt_error_release)(error);
+        // The first cause is the deepest one (the actual reason).
+        match causes.first() {
+            Some(cause) => format!("babeltrace2: {what}: {cause}"),
+            None => format!("babeltrace2: {what}"),
+        }
     }
 }
 
@@ -444,20 +450,23 @@ impl Drop for Value {
 struct Plugin(&'static Api, *const Obj);
 impl Plugin {
     unsafe fn find(api: &'static Api, name: &str) -> Result<Plugin, String> {
-        let mut plugin = std::ptr::null();
-        let c_name = CString::new(name).expect("no NUL");
-        // Standard directories and the BABELTRACE_PLUGIN_PATH variable.
-        let status = (api.bt_plugin_find)(c_name.as_ptr(), 1, 1, 1, 1, 0, &mut plugin);
-        if status != BT_FUNC_STATUS_OK || plugin.is_null() {
-            let error = (api.bt_current_thread_take_error)();
-            if !error.is_null() {
-                (api.bt_error_release)(error);
-            }
-            return Err(format!(
+        // SAFETY: the caller upholds this function's contract (see its doc).
+        unsafe {
+            let mut plugin = std::ptr::null();
+            let c_name = CString::new(name).expect("no NUL");
+            // Standard directories and the BABELTRACE_PLUGIN_PATH variable.
+            let status = (api.bt_plugin_find)(c_name.as_ptr(), 1, 1, 1, 1, 0, &mut plugin);
+            if status != BT_FUNC_STATUS_OK || plugin.is_null() {
+                let error = (api.bt_current_thread_take_error)();
+                if !error.is_null() {
+                    (api.bt_error_release)(error);
+                }
+                return Err(format!(
                 "babeltrace2's {name} plugin is missing; install babeltrace2 (apt-get install babeltrace2)"
             ));
+            }
+            Ok(Plugin(api, plugin))
         }
-        Ok(Plugin(api, plugin))
     }
 }
 impl Drop for Plugin {
@@ -468,21 +477,27 @@ impl Drop for Plugin {
 }
 
 unsafe extern "C" fn sink_init(iterator: *mut Obj, data: *mut c_void) -> c_int {
-    (*data.cast::<Sink>()).iterator = iterator;
-    BT_FUNC_STATUS_OK
+    // SAFETY: the caller upholds this function's contract (see its doc).
+    unsafe {
+        (*data.cast::<Sink>()).iterator = iterator;
+        BT_FUNC_STATUS_OK
+    }
 }
 
 unsafe extern "C" fn sink_consume(_iterator: *mut Obj, data: *mut c_void) -> c_int {
-    let sink = &mut *data.cast::<Sink>();
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.consume())) {
-        Ok(Ok(status)) => status,
-        Ok(Err(err)) => {
-            sink.error = Some(err);
-            BT_FUNC_STATUS_ERROR
-        }
-        Err(_) => {
-            sink.error = Some("internal error while reading the trace".into());
-            BT_FUNC_STATUS_ERROR
+    // SAFETY: the caller upholds this function's contract (see its doc).
+    unsafe {
+        let sink = &mut *data.cast::<Sink>();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.consume())) {
+            Ok(Ok(status)) => status,
+            Ok(Err(err)) => {
+                sink.error = Some(err);
+                BT_FUNC_STATUS_ERROR
+            }
+            Err(_) => {
+                sink.error = Some("internal error while reading the trace".into());
+                BT_FUNC_STATUS_ERROR
+            }
         }
     }
 }
@@ -490,210 +505,234 @@ unsafe extern "C" fn sink_consume(_iterator: *mut Obj, data: *mut c_void) -> c_i
 impl Sink<'_> {
     /// One batch of messages from the muxer.
     unsafe fn consume(&mut self) -> Result<c_int, String> {
-        let api = self.api;
-        let mut messages: *const *const Obj = std::ptr::null();
-        let mut count = 0u64;
-        match (api.bt_message_iterator_next)(self.iterator, &mut messages, &mut count) {
-            BT_FUNC_STATUS_OK => {}
-            BT_FUNC_STATUS_END => return Ok(BT_FUNC_STATUS_END),
-            status => return Ok(status), // AGAIN, or an error babeltrace2 reports
-        }
-        let messages = std::slice::from_raw_parts(messages, count as usize);
-        let mut result = Ok(());
-        for &message in messages {
-            if result.is_ok() {
-                result = self.handle(message);
+        // SAFETY: the caller upholds this function's contract (see its doc).
+        unsafe {
+            let api = self.api;
+            let mut messages: *const *const Obj = std::ptr::null();
+            let mut count = 0u64;
+            match (api.bt_message_iterator_next)(self.iterator, &mut messages, &mut count) {
+                BT_FUNC_STATUS_OK => {}
+                BT_FUNC_STATUS_END => return Ok(BT_FUNC_STATUS_END),
+                status => return Ok(status), // AGAIN, or an error babeltrace2 reports
             }
-            (api.bt_message_put_ref)(message);
+            let messages = std::slice::from_raw_parts(messages, count as usize);
+            let mut result = Ok(());
+            for &message in messages {
+                if result.is_ok() {
+                    result = self.handle(message);
+                }
+                (api.bt_message_put_ref)(message);
+            }
+            result.map(|()| BT_FUNC_STATUS_OK)
         }
-        result.map(|()| BT_FUNC_STATUS_OK)
     }
 
     unsafe fn handle(&mut self, message: *const Obj) -> Result<(), String> {
-        let api = self.api;
-        match (api.bt_message_get_type)(message) {
-            BT_MESSAGE_TYPE_EVENT => {
-                let event = (api.bt_message_event_borrow_event_const)(message);
-                let class = (api.bt_event_borrow_class_const)(event);
-                let info = self
-                    .classes
-                    .entry(class as usize)
-                    .or_insert_with(|| class_info(api, class));
-                let Some(kind) = info.kind else {
-                    return (self.callback)(Message::Other);
-                };
-                let mut ns = 0;
-                let clock = (api.bt_message_event_borrow_default_clock_snapshot_const)(message);
-                if !clock.is_null() {
-                    (api.bt_clock_snapshot_get_ns_from_origin)(clock, &mut ns);
-                }
-                let payload = (api.bt_event_borrow_payload_field_const)(event);
-                let context = (api.bt_event_borrow_common_context_field_const)(event);
-                let p = &info.payload;
-                let c = &info.context;
-                let line = match p.int(api, payload, CO_FIRSTLINENO) {
-                    0 => p.int(api, payload, LINENO),
-                    n => n,
-                };
-                let ev = Event {
-                    kind,
-                    ns,
-                    vpid: c.int(api, context, VPID),
-                    vtid: c.int(api, context, VTID),
-                    procname: c.str(api, context, PROCNAME),
-                    stream: (api.bt_event_borrow_stream_const)(event) as usize,
-                    co_name: p.str(api, payload, CO_NAME),
-                    co_qualname: p.str(api, payload, CO_QUALNAME),
-                    module: p.str(api, payload, MODULE),
-                    co_filename: p.str(api, payload, CO_FILENAME),
-                    line,
-                    exc_type: p.str(api, payload, EXC_TYPE),
-                };
-                (self.callback)(Message::Event(ev))
-            }
-            BT_MESSAGE_TYPE_DISCARDED_EVENTS => {
-                let mut count = 0u64;
-                if (api.bt_message_discarded_events_get_count)(message, &mut count)
-                    != BT_PROPERTY_AVAILABILITY_AVAILABLE
-                {
-                    count = 0; // unknown: LTTng always says, other tracers may not
-                }
-                let stream = (api.bt_message_discarded_events_borrow_stream_const)(message);
-                let name = (api.bt_stream_get_name)(stream);
-                let stream_name = if name.is_null() {
-                    String::new()
-                } else {
-                    CStr::from_ptr(name).to_string_lossy().into_owned()
-                };
-                let class = (api.bt_stream_borrow_class_const)(stream);
-                let (mut begin_ns, mut end_ns) = (None, None);
-                if (api.bt_stream_class_discarded_events_have_default_clock_snapshots)(class) != 0 {
+        // SAFETY: the caller upholds this function's contract (see its doc).
+        unsafe {
+            let api = self.api;
+            match (api.bt_message_get_type)(message) {
+                BT_MESSAGE_TYPE_EVENT => {
+                    let event = (api.bt_message_event_borrow_event_const)(message);
+                    let class = (api.bt_event_borrow_class_const)(event);
+                    let info = self
+                        .classes
+                        .entry(class as usize)
+                        .or_insert_with(|| class_info(api, class));
+                    let Some(kind) = info.kind else {
+                        return (self.callback)(Message::Other);
+                    };
                     let mut ns = 0;
-                    let b = (api
+                    let clock = (api.bt_message_event_borrow_default_clock_snapshot_const)(message);
+                    if !clock.is_null() {
+                        (api.bt_clock_snapshot_get_ns_from_origin)(clock, &mut ns);
+                    }
+                    let payload = (api.bt_event_borrow_payload_field_const)(event);
+                    let context = (api.bt_event_borrow_common_context_field_const)(event);
+                    let p = &info.payload;
+                    let c = &info.context;
+                    let line = match p.int(api, payload, CO_FIRSTLINENO) {
+                        0 => p.int(api, payload, LINENO),
+                        n => n,
+                    };
+                    let ev = Event {
+                        kind,
+                        ns,
+                        vpid: c.int(api, context, VPID),
+                        vtid: c.int(api, context, VTID),
+                        procname: c.str(api, context, PROCNAME),
+                        stream: (api.bt_event_borrow_stream_const)(event) as usize,
+                        co_name: p.str(api, payload, CO_NAME),
+                        co_qualname: p.str(api, payload, CO_QUALNAME),
+                        module: p.str(api, payload, MODULE),
+                        co_filename: p.str(api, payload, CO_FILENAME),
+                        line,
+                        exc_type: p.str(api, payload, EXC_TYPE),
+                    };
+                    (self.callback)(Message::Event(ev))
+                }
+                BT_MESSAGE_TYPE_DISCARDED_EVENTS => {
+                    let mut count = 0u64;
+                    if (api.bt_message_discarded_events_get_count)(message, &mut count)
+                        != BT_PROPERTY_AVAILABILITY_AVAILABLE
+                    {
+                        count = 0; // unknown: LTTng always says, other tracers may not
+                    }
+                    let stream = (api.bt_message_discarded_events_borrow_stream_const)(message);
+                    let name = (api.bt_stream_get_name)(stream);
+                    let stream_name = if name.is_null() {
+                        String::new()
+                    } else {
+                        CStr::from_ptr(name).to_string_lossy().into_owned()
+                    };
+                    let class = (api.bt_stream_borrow_class_const)(stream);
+                    let (mut begin_ns, mut end_ns) = (None, None);
+                    if (api.bt_stream_class_discarded_events_have_default_clock_snapshots)(class)
+                        != 0
+                    {
+                        let mut ns = 0;
+                        let b = (api
                         .bt_message_discarded_events_borrow_beginning_default_clock_snapshot_const)(
                         message,
                     );
-                    if (api.bt_clock_snapshot_get_ns_from_origin)(b, &mut ns) == BT_FUNC_STATUS_OK {
-                        begin_ns = Some(ns);
+                        if (api.bt_clock_snapshot_get_ns_from_origin)(b, &mut ns)
+                            == BT_FUNC_STATUS_OK
+                        {
+                            begin_ns = Some(ns);
+                        }
+                        let e = (api
+                            .bt_message_discarded_events_borrow_end_default_clock_snapshot_const)(
+                            message,
+                        );
+                        if (api.bt_clock_snapshot_get_ns_from_origin)(e, &mut ns)
+                            == BT_FUNC_STATUS_OK
+                        {
+                            end_ns = Some(ns);
+                        }
                     }
-                    let e = (api
-                        .bt_message_discarded_events_borrow_end_default_clock_snapshot_const)(
-                        message,
-                    );
-                    if (api.bt_clock_snapshot_get_ns_from_origin)(e, &mut ns) == BT_FUNC_STATUS_OK {
-                        end_ns = Some(ns);
-                    }
+                    (self.callback)(Message::Discarded(Discarded {
+                        count,
+                        stream: stream as usize,
+                        stream_name,
+                        begin_ns,
+                        end_ns,
+                    }))
                 }
-                (self.callback)(Message::Discarded(Discarded {
-                    count,
-                    stream: stream as usize,
-                    stream_name,
-                    begin_ns,
-                    end_ns,
-                }))
+                _ => Ok(()),
             }
-            _ => Ok(()),
         }
     }
 }
 
 /// The kind and field positions of an event class.
 unsafe fn class_info(api: &Api, class: *const Obj) -> ClassInfo {
-    let name = (api.bt_event_class_get_name)(class);
-    let name = if name.is_null() {
-        &b""[..]
-    } else {
-        CStr::from_ptr(name).to_bytes()
-    };
-    let kind = match name {
-        b"python:call" => Some(Kind::Call),
-        b"python:return" => Some(Kind::Return),
-        b"python:c_call" => Some(Kind::CCall),
-        b"python:c_return" => Some(Kind::CReturn),
-        b"python:exception" => Some(Kind::Exception),
-        _ => None,
-    };
-    if kind.is_none() {
-        return ClassInfo {
-            kind,
-            payload: Fields::default(),
-            context: Fields::default(),
+    // SAFETY: the caller upholds this function's contract (see its doc).
+    unsafe {
+        let name = (api.bt_event_class_get_name)(class);
+        let name = if name.is_null() {
+            &b""[..]
+        } else {
+            CStr::from_ptr(name).to_bytes()
         };
-    }
-    let stream_class = (api.bt_event_class_borrow_stream_class_const)(class);
-    ClassInfo {
-        kind,
-        payload: Fields::of(
-            api,
-            (api.bt_event_class_borrow_payload_field_class_const)(class),
-            &PAYLOAD_NAMES,
-        ),
-        context: Fields::of(
-            api,
-            (api.bt_stream_class_borrow_event_common_context_field_class_const)(stream_class),
-            &CONTEXT_NAMES,
-        ),
+        let kind = match name {
+            b"python:call" => Some(Kind::Call),
+            b"python:return" => Some(Kind::Return),
+            b"python:c_call" => Some(Kind::CCall),
+            b"python:c_return" => Some(Kind::CReturn),
+            b"python:exception" => Some(Kind::Exception),
+            _ => None,
+        };
+        if kind.is_none() {
+            return ClassInfo {
+                kind,
+                payload: Fields::default(),
+                context: Fields::default(),
+            };
+        }
+        let stream_class = (api.bt_event_class_borrow_stream_class_const)(class);
+        ClassInfo {
+            kind,
+            payload: Fields::of(
+                api,
+                (api.bt_event_class_borrow_payload_field_class_const)(class),
+                &PAYLOAD_NAMES,
+            ),
+            context: Fields::of(
+                api,
+                (api.bt_stream_class_borrow_event_common_context_field_class_const)(stream_class),
+                &CONTEXT_NAMES,
+            ),
+        }
     }
 }
 
 impl Fields {
     /// The members of structure class `class` (may be null) named in `wanted`.
     unsafe fn of(api: &Api, class: *const Obj, wanted: &[&str]) -> Fields {
-        let mut fields = Fields::default();
-        if class.is_null() {
-            return fields;
-        }
-        for i in 0..(api.bt_field_class_structure_get_member_count)(class) {
-            let member = (api.bt_field_class_structure_borrow_member_by_index_const)(class, i);
-            let name = CStr::from_ptr((api.bt_field_class_structure_member_get_name)(member));
-            let Some(slot) = wanted.iter().position(|w| w.as_bytes() == name.to_bytes()) else {
-                continue;
-            };
-            let ty = (api.bt_field_class_get_type)((api
-                .bt_field_class_structure_member_borrow_field_class_const)(
-                member
-            ));
-            if ty & BT_FIELD_CLASS_TYPE_STRING == BT_FIELD_CLASS_TYPE_STRING
-                || ty & BT_FIELD_CLASS_TYPE_INTEGER == BT_FIELD_CLASS_TYPE_INTEGER
-            {
-                let signed =
-                    ty & BT_FIELD_CLASS_TYPE_SIGNED_INTEGER == BT_FIELD_CLASS_TYPE_SIGNED_INTEGER;
-                fields.slots[slot] = Some((i, signed));
+        // SAFETY: the caller upholds this function's contract (see its doc).
+        unsafe {
+            let mut fields = Fields::default();
+            if class.is_null() {
+                return fields;
             }
+            for i in 0..(api.bt_field_class_structure_get_member_count)(class) {
+                let member = (api.bt_field_class_structure_borrow_member_by_index_const)(class, i);
+                let name = CStr::from_ptr((api.bt_field_class_structure_member_get_name)(member));
+                let Some(slot) = wanted.iter().position(|w| w.as_bytes() == name.to_bytes()) else {
+                    continue;
+                };
+                let ty = (api.bt_field_class_get_type)((api
+                    .bt_field_class_structure_member_borrow_field_class_const)(
+                    member
+                ));
+                if ty & BT_FIELD_CLASS_TYPE_STRING == BT_FIELD_CLASS_TYPE_STRING
+                    || ty & BT_FIELD_CLASS_TYPE_INTEGER == BT_FIELD_CLASS_TYPE_INTEGER
+                {
+                    let signed = ty & BT_FIELD_CLASS_TYPE_SIGNED_INTEGER
+                        == BT_FIELD_CLASS_TYPE_SIGNED_INTEGER;
+                    fields.slots[slot] = Some((i, signed));
+                }
+            }
+            fields
         }
-        fields
     }
 
     /// String member `slot` of `field` ("" when absent or not UTF-8).
     unsafe fn str<'a>(&self, api: &Api, field: *const Obj, slot: usize) -> &'a str {
-        let Some((index, _)) = self.slots[slot] else {
-            return "";
-        };
-        if field.is_null() {
-            return "";
+        // SAFETY: the caller upholds this function's contract (see its doc).
+        unsafe {
+            let Some((index, _)) = self.slots[slot] else {
+                return "";
+            };
+            if field.is_null() {
+                return "";
+            }
+            let member = (api.bt_field_structure_borrow_member_field_by_index_const)(field, index);
+            let ptr = (api.bt_field_string_get_value)(member);
+            if ptr.is_null() {
+                return "";
+            }
+            let len = (api.bt_field_string_get_length)(member) as usize;
+            std::str::from_utf8(std::slice::from_raw_parts(ptr.cast::<u8>(), len)).unwrap_or("?")
         }
-        let member = (api.bt_field_structure_borrow_member_field_by_index_const)(field, index);
-        let ptr = (api.bt_field_string_get_value)(member);
-        if ptr.is_null() {
-            return "";
-        }
-        let len = (api.bt_field_string_get_length)(member) as usize;
-        std::str::from_utf8(std::slice::from_raw_parts(ptr.cast::<u8>(), len)).unwrap_or("?")
     }
 
     /// Integer member `slot` of `field` (0 when absent).
     unsafe fn int(&self, api: &Api, field: *const Obj, slot: usize) -> i64 {
-        let Some((index, signed)) = self.slots[slot] else {
-            return 0;
-        };
-        if field.is_null() {
-            return 0;
-        }
-        let member = (api.bt_field_structure_borrow_member_field_by_index_const)(field, index);
-        if signed {
-            (api.bt_field_integer_signed_get_value)(member)
-        } else {
-            (api.bt_field_integer_unsigned_get_value)(member) as i64
+        // SAFETY: the caller upholds this function's contract (see its doc).
+        unsafe {
+            let Some((index, signed)) = self.slots[slot] else {
+                return 0;
+            };
+            if field.is_null() {
+                return 0;
+            }
+            let member = (api.bt_field_structure_borrow_member_field_by_index_const)(field, index);
+            if signed {
+                (api.bt_field_integer_signed_get_value)(member)
+            } else {
+                (api.bt_field_integer_unsigned_get_value)(member) as i64
+            }
         }
     }
 }

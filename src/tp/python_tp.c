@@ -1,8 +1,8 @@
 /*
  * Probes and definitions of the `python` provider, and the small C-ABI
- * wrappers through which Rust emits each event (src/tp.rs declares them).
+ * wrappers through which Rust emits each event (src/ffi/lttng.rs declares them).
  *
- * Rust checks `pyust_tp_enabled()` before it extracts any string, then
+ * Rust reads the enabled flags (`pyust_tp_states`) before it extracts any string, then
  * calls `pyust_tp_emit_*`, which record unconditionally: the strings are
  * only built when some session listens.
  */
@@ -34,7 +34,7 @@ int pyust_tp_count(void)
 
 /*
  * The enabled flags of the five events (what lttng_ust_tracepoint_enabled()
- * reads), in the order of the EV_* bits of src/ffi.rs: Rust loads them
+ * reads), in the order of the EV_* bits of src/ffi/lttng.rs: Rust loads them
  * directly on the hot path, one load per check instead of a call.
  */
 const int *const pyust_tp_states[5] = {

