@@ -123,8 +123,12 @@ def test_coverage_same_with_session_after(sessiond: None, program: Path, tmp_pat
     # pyust recorded the workload all the same.
     qualnames = [e["co_qualname"] for e in events if e.name == "call"]
     assert qualnames.count("branchy") == 5, qualnames
-    assert any(e.name == "exception" and e["exc_type"] == "ValueError" for e in events)
-    check_nesting(events, complete=False)
+    if sys.version_info >= (3, 9):
+        # (3.8 arms at enable(), before coverage starts, whose trace
+        # function then replaces pyust's: no exception events from there;
+        # and frames running when the session starts return in it.)
+        assert any(e.name == "exception" and e["exc_type"] == "ValueError" for e in events)
+        check_nesting(events, complete=False)
 
 
 SETTRACE = """\

@@ -422,6 +422,8 @@ def square(n):
 if __name__ == "__main__":
     with mp.get_context("fork").Pool(2) as pool:
         print(sum(pool.map(square, range(20), chunksize=1)))
+        pool.close()  # the workers end by themselves (os._exit), not by SIGTERM
+        pool.join()
     time.sleep(0.3)  # the parent goes on after its children are gone
 """
 

@@ -342,6 +342,11 @@ def test_qualified_names_are_the_compilers(session: Session, tmp_path: Path) -> 
         path = source(filename)
         if path is None:
             continue
+        if name == "<module>":  # its first line differs across versions
+            checked += qualname == "<module>"
+            if qualname != "<module>":
+                wrong.append(f"{filename}: module code named {qualname!r}")
+            continue
         expected = truth[str(path)].get(f"{line}:{name}")
         assert expected, f"{filename}:{line} {name}: not in 3.11's compilation"
         checked += 1
