@@ -475,7 +475,12 @@ def _say(line: str) -> None:
     try:
         print(line, file=sys.stderr, flush=True)
     except OSError:
-        pass
+        # The terminal hung up: what is left in the buffers goes nowhere,
+        # rather than failing the flush at exit (status 120).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.close(devnull)
 
 
 # --------------------------------------------------------------------------
