@@ -128,31 +128,44 @@ fn muted() -> bool {
     DEPTH.with(|cell| cell.get().muted)
 }
 
+/// A frame (or C call) whose count `open` selects starts on this thread;
+/// whether its start may be emitted (false in the fork window).
+#[inline]
+fn entered(open: fn(&mut Depth) -> &mut u32) -> bool {
+    with_depth(|d| {
+        if !d.muted {
+            *open(d) += 1;
+        }
+        !d.muted
+    })
+}
+
+/// One of them stops; whether its start was counted (since tracing was
+/// last armed), so that its end may be emitted.
+#[inline]
+fn left(open: fn(&mut Depth) -> &mut u32) -> bool {
+    with_depth(|d| {
+        let counted = !d.muted && *open(d) > 0;
+        if counted {
+            *open(d) -= 1;
+        }
+        counted
+    })
+}
+
 /// A Python frame starts on this thread (its `call` may or may not be
 /// recorded: its return is matched either way). Whether its `call` may be
 /// emitted (false in the fork window).
 #[inline]
 pub fn frame_entered() -> bool {
-    with_depth(|d| {
-        if !d.muted {
-            d.frames += 1;
-        }
-        !d.muted
-    })
+    entered(|d| &mut d.frames)
 }
 
 /// A Python frame stops: `python:return` when its start was counted (since
 /// tracing was last armed) and a session records the event.
 #[inline]
 pub fn frame_left() {
-    let open = with_depth(|d| {
-        let open = d.frames > 0 && !d.muted;
-        if open {
-            d.frames -= 1;
-        }
-        open
-    });
-    if open && tp::on(tp::EV_RETURN) {
+    if left(|d| &mut d.frames) && tp::on(tp::EV_RETURN) {
         tp::emit_return();
     }
 }
@@ -161,24 +174,12 @@ pub fn frame_left() {
 /// emitted), `python:c_return` on exit.
 #[inline]
 pub fn c_call_entered() -> bool {
-    with_depth(|d| {
-        if !d.muted {
-            d.c_calls += 1;
-        }
-        !d.muted
-    })
+    entered(|d| &mut d.c_calls)
 }
 
 #[inline]
 pub fn c_call_left() {
-    let open = with_depth(|d| {
-        let open = d.c_calls > 0 && !d.muted;
-        if open {
-            d.c_calls -= 1;
-        }
-        open
-    });
-    if open && tp::on(tp::EV_C_RETURN) {
+    if left(|d| &mut d.c_calls) && tp::on(tp::EV_C_RETURN) {
         tp::emit_c_return();
     }
 }
@@ -279,7 +280,7 @@ impl std::ops::Deref for Info<'_> {
 ///
 /// # Safety
 /// GIL held; `code` null or a live code object.
-unsafe fn code_info<'a>(py: Python<'_>, code: *mut ffi::PyObject) -> Option<Info<'a>> {
+unsafe fn code_info<'a>(code: *mut ffi::PyObject) -> Option<Info<'a>> {
     if code.is_null() {
         return None;
     }
@@ -287,7 +288,6 @@ unsafe fn code_info<'a>(py: Python<'_>, code: *mut ffi::PyObject) -> Option<Info
     if let Some(info) = unsafe { cached_code_info(code) } {
         return Some(Info::Cached(info));
     }
-    let _ = py;
     attached(|py| {
         // SAFETY: `code` is a live object (caller).
         let code_obj = unsafe { Bound::from_borrowed_ptr(py, code) };
@@ -412,7 +412,6 @@ unsafe fn module_name<'a>(
         let text = if name.is_null() {
             CString::default()
         } else {
-            let _ = py;
             attached(|py| {
                 names::preserving_error(py, || {
                     // SAFETY: `name` is borrowed from the live globals dict.
@@ -442,7 +441,7 @@ unsafe fn module_name<'a>(
 pub unsafe fn emit_call(py: Python<'_>, code: *mut ffi::PyObject, globals: *mut ffi::PyObject) {
     // SAFETY: as the caller promises.
     unsafe {
-        if let Some(info) = code_info(py, code) {
+        if let Some(info) = code_info(code) {
             let module = module_name(py, &info, globals);
             let n = &info.names;
             tp::emit_call(
@@ -503,11 +502,10 @@ fn forget_type(owner: usize) {
 
 /// # Safety
 /// GIL held; `func` is the live callable of a C_CALL event.
-pub unsafe fn emit_c_call(py: Python<'_>, func: *mut ffi::PyObject) {
+pub unsafe fn emit_c_call(_py: Python<'_>, func: *mut ffi::PyObject) {
     // SAFETY: `func` is live (caller).
     if unsafe { ffi::PyCFunction_Check(func) } == 0 {
         // Not a builtin function object: name it through its attributes.
-        let _ = py;
         let names = attached(|py| {
             // SAFETY: `func` is live (caller).
             let func = unsafe { Bound::from_borrowed_ptr(py, func) };
@@ -531,7 +529,7 @@ pub unsafe fn emit_c_call(py: Python<'_>, func: *mut ffi::PyObject) {
     // SAFETY: a builtin function object starts with these fields.
     unsafe {
         let f = func.cast::<cpy::CFunctionObject>();
-        emit_c_call_named(py, (*f).m_ml, (*f).m_self, (*f).m_module);
+        emit_c_call_named((*f).m_ml, (*f).m_self, (*f).m_module);
     }
 }
 
@@ -542,7 +540,7 @@ pub unsafe fn emit_c_call(py: Python<'_>, func: *mut ffi::PyObject) {
 /// GIL held; `descr` a live method descriptor, `self_arg` null or live.
 #[cfg_attr(not(Py_3_12), allow(dead_code))]
 pub unsafe fn emit_c_call_descriptor(
-    py: Python<'_>,
+    _py: Python<'_>,
     descr: *mut ffi::PyObject,
     self_arg: *mut ffi::PyObject,
 ) {
@@ -554,7 +552,7 @@ pub unsafe fn emit_c_call_descriptor(
         } else {
             self_arg
         };
-        emit_c_call_named(py, (*d).d_method, owner, std::ptr::null_mut());
+        emit_c_call_named((*d).d_method, owner, std::ptr::null_mut());
     }
 }
 
@@ -564,7 +562,6 @@ pub unsafe fn emit_c_call_descriptor(
 /// # Safety
 /// GIL held; `ml` a live method definition; the others null or live.
 unsafe fn emit_c_call_named(
-    py: Python<'_>,
     ml: *mut ffi::PyMethodDef,
     owner: *mut ffi::PyObject,
     module: *mut ffi::PyObject,
@@ -597,7 +594,6 @@ unsafe fn emit_c_call_named(
         }
     }
     // Computed outside the lock: it may run Python code.
-    let _ = py;
     attached(|py| {
         let entry = names::preserving_error(py, || {
             // SAFETY: both null or live (caller).
@@ -676,7 +672,7 @@ fn watch_type(py: Python<'_>, ty: *mut ffi::PyObject, ml: usize) -> bool {
 /// # Safety
 /// GIL held; `code` a live code object.
 pub unsafe fn emit_exception(
-    py: Python<'_>,
+    _py: Python<'_>,
     exc_type: Option<&Bound<'_, PyType>>,
     code: *mut ffi::PyObject,
     lineno: c_int,
@@ -684,7 +680,6 @@ pub unsafe fn emit_exception(
     if muted() {
         return;
     }
-    let _ = py;
     attached(|py| {
         let exc_type = names::preserving_error(py, || {
             names::cstring(
@@ -694,7 +689,7 @@ pub unsafe fn emit_exception(
             )
         });
         // SAFETY: as the caller promises.
-        if let Some(info) = unsafe { code_info(py, code) } {
+        if let Some(info) = unsafe { code_info(code) } {
             tp::emit_exception(&exc_type, &info.names.co_qualname, lineno);
         }
     });

@@ -158,16 +158,7 @@ pub fn qualname_from_source(code: &Bound<'_, PyCode>) -> Option<String> {
         .ok()?
         .extract()
         .ok()?;
-    let name: String = code.getattr(intern!(py, "co_name")).ok()?.extract().ok()?;
-    let line: i64 = code
-        .getattr(intern!(py, "co_firstlineno"))
-        .ok()?
-        .extract()
-        .ok()?;
-    let bytecode: Vec<u8> = code
-        .getattr(intern!(py, "co_code"))
-        .and_then(|c| c.extract())
-        .unwrap_or_default();
+    let (place, bytecode) = code_place(code);
     let known = {
         let files = SOURCES.lock().unwrap_or_else(|e| e.into_inner());
         files.as_ref().and_then(|f| f.get(&filename).cloned())
@@ -184,12 +175,32 @@ pub fn qualname_from_source(code: &Bound<'_, PyCode>) -> Option<String> {
             module
         }
     }?;
-    let candidates = module.get(&(line, name))?;
+    let candidates = module.get(&place)?;
     candidates
         .iter()
         .find(|(code_bytes, _)| *code_bytes == bytecode)
         .or(candidates.first())
         .map(|(_, qualname)| qualname.clone())
+}
+
+/// Where a code object is in its module — (first line, name) — and its
+/// bytecode, which tells apart codes of one place.
+#[cfg(not(Py_3_11))]
+fn code_place(code: &Bound<'_, PyCode>) -> ((i64, String), Vec<u8>) {
+    let py = code.py();
+    let line = code
+        .getattr(intern!(py, "co_firstlineno"))
+        .and_then(|l| l.extract())
+        .unwrap_or(0);
+    let name = code
+        .getattr(intern!(py, "co_name"))
+        .and_then(|n| n.extract())
+        .unwrap_or_default();
+    let bytecode = code
+        .getattr(intern!(py, "co_code"))
+        .and_then(|c| c.extract())
+        .unwrap_or_default();
+    ((line, name), bytecode)
 }
 
 /// The code of frozen module `name` (`importlib._bootstrap` is frozen as
@@ -258,20 +269,7 @@ fn module_qualnames(py: Python<'_>, filename: &str) -> Option<ModuleQualnames> {
             continue;
         }
         for (child, child_qualname) in nested_codes(&code, &qualname) {
-            let key = (
-                child
-                    .getattr(intern!(py, "co_firstlineno"))
-                    .and_then(|l| l.extract())
-                    .unwrap_or(0),
-                child
-                    .getattr(intern!(py, "co_name"))
-                    .and_then(|n| n.extract())
-                    .unwrap_or_default(),
-            );
-            let bytecode = child
-                .getattr(intern!(py, "co_code"))
-                .and_then(|c| c.extract::<Vec<u8>>())
-                .unwrap_or_default();
+            let (key, bytecode) = code_place(&child);
             table
                 .entry(key)
                 .or_default()

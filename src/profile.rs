@@ -158,8 +158,7 @@ unsafe fn frame_code(frame: *mut ffi::PyFrameObject) -> *mut ffi::PyObject {
 
 /// SAFETY: GIL held; `frame` live; `arg` the (type, value, traceback) tuple
 /// of a PyTrace_EXCEPTION event.
-unsafe fn emit_exception(py: Python<'_>, frame: *mut ffi::PyFrameObject, arg: *mut ffi::PyObject) {
-    let _ = py;
+unsafe fn emit_exception(_py: Python<'_>, frame: *mut ffi::PyFrameObject, arg: *mut ffi::PyObject) {
     hook::attached(|py| {
         // SAFETY: the caller upholds this function's contract (see its doc).
         unsafe {
@@ -220,6 +219,26 @@ struct Chain {
     trace: Option<ffi::Py_tracefunc>,
 }
 
+impl Chain {
+    /// The program's trace function (`trace`) or profile function.
+    fn slot(&mut self, trace: bool) -> &mut Option<ffi::Py_tracefunc> {
+        if trace {
+            &mut self.trace
+        } else {
+            &mut self.profile
+        }
+    }
+}
+
+/// pyust's trace function (`trace`) or profile function.
+fn ours(trace: bool) -> ffi::Py_tracefunc {
+    if trace {
+        trace_hook
+    } else {
+        profile_hook
+    }
+}
+
 /// Each thread's chain, by thread state, as found when pyust's callbacks
 /// were installed there (a state freed and reused by a new thread gets its
 /// entry anew when pyust's callbacks are installed on it).
@@ -242,13 +261,7 @@ fn my_chain() -> Chain {
             return chain;
         }
         // SAFETY: called from the callbacks, with the GIL held.
-        let ts = unsafe { ffi::PyThreadState_Get() } as usize;
-        let chain = CHAINS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .and_then(|c| c.get(&ts).copied())
-            .unwrap_or_default();
+        let chain = chain_of(unsafe { ffi::PyThreadState_Get() });
         cell.set((version, chain));
         chain
     })
@@ -369,7 +382,7 @@ unsafe fn trace_event(
 ) {
     if !WANT_TRACE.load(Ordering::Relaxed) || !ENABLED.load(Ordering::Relaxed) {
         // Re-armed without python:exception, or disabled: leave.
-        uninstall_trace_current_thread();
+        uninstall_current(true);
         return;
     }
     match what {
@@ -421,63 +434,31 @@ static WANT_TRACE: AtomicBool = AtomicBool::new(true);
 /// # Safety
 /// GIL held; `ts` a live thread state of this interpreter.
 unsafe fn install(ts: *mut ffi::PyThreadState, trace: bool) {
+    let kinds: &[bool] = if trace { &[false, true] } else { &[false] };
     // SAFETY: as the caller promises.
     let Some(now) = (unsafe { cpy::hooks(ts) }) else {
-        // The thread state's layout is unknown: pyust's alone, as before 3.9.
-        // SAFETY: GIL held.
-        unsafe {
-            set_hook(ts, false, Some(profile_hook), std::ptr::null_mut());
-            if trace {
-                set_hook(ts, true, Some(trace_hook), std::ptr::null_mut());
-            }
+        // The thread state's layout is unknown: pyust's alone.
+        for &kind in kinds {
+            // SAFETY: as the caller promises.
+            unsafe { cpy::set_hook(ts, kind, Some(ours(kind)), std::ptr::null_mut()) };
         }
         return;
     };
     let mut chain = chain_of(ts);
-    let ours_p = cpy::same_hook(now.profile, profile_hook);
-    let ours_t = cpy::same_hook(now.trace, trace_hook);
-    if !ours_p {
-        chain.profile = now.profile;
+    let mut replace = Vec::with_capacity(2);
+    for &kind in kinds {
+        let (theirs, obj) = now.get(kind);
+        if !cpy::same_hook(theirs, ours(kind)) {
+            *chain.slot(kind) = theirs;
+            replace.push((kind, obj));
+        }
     }
-    if trace && !ours_t {
-        chain.trace = now.trace;
-    }
+    // The chain first: pyust's function reads it from its first event.
     set_chain(ts, chain);
-    // SAFETY: as the caller promises; the objects are the thread's own,
-    // alive while installed.
-    unsafe {
-        if !ours_p {
-            set_hook(ts, false, Some(profile_hook), now.profile_obj);
-        }
-        if trace && !ours_t {
-            set_hook(ts, true, Some(trace_hook), now.trace_obj);
-        }
-    }
-}
-
-/// One of thread `ts`'s two functions (the calling thread's before 3.9).
-///
-/// # Safety
-/// GIL held; `ts` live; `obj` null or live.
-unsafe fn set_hook(
-    ts: *mut ffi::PyThreadState,
-    trace: bool,
-    func: Option<ffi::Py_tracefunc>,
-    obj: *mut ffi::PyObject,
-) {
-    // SAFETY: as the caller promises.
-    unsafe {
-        #[cfg(Py_3_9)]
-        if trace {
-            cpy::set_trace(ts, func, obj);
-        } else {
-            cpy::set_profile(ts, func, obj);
-        }
-        #[cfg(not(Py_3_9))]
-        {
-            let _ = ts;
-            cpy::set_own(trace, func, obj);
-        }
+    for (kind, obj) in replace {
+        // SAFETY: as the caller promises; the object is the thread's own,
+        // alive while installed.
+        unsafe { cpy::set_hook(ts, kind, Some(ours(kind)), obj) };
     }
 }
 
@@ -491,38 +472,25 @@ fn install_current_thread() {
 /// installed, giving the program's own back; a function the program
 /// installed since is left alone.
 fn uninstall_current_thread() {
-    uninstall_profile_current_thread();
-    uninstall_trace_current_thread();
+    uninstall_current(false);
+    uninstall_current(true);
 }
 
-fn uninstall_profile_current_thread() {
-    uninstall_one(false);
-}
-
-fn uninstall_trace_current_thread() {
-    uninstall_one(true);
-}
-
-fn uninstall_one(trace: bool) {
+/// The same for the trace function (`trace`) or the profile function.
+fn uninstall_current(trace: bool) {
     // SAFETY: GIL held by every caller; the thread state is the caller's.
     unsafe {
         let ts = ffi::PyThreadState_Get();
         let Some(now) = cpy::hooks(ts) else {
-            cpy::set_own(trace, None, std::ptr::null_mut());
+            cpy::set_hook(ts, trace, None, std::ptr::null_mut());
             return;
         };
         let mut chain = chain_of(ts);
-        if trace {
-            if cpy::same_hook(now.trace, trace_hook) {
-                cpy::set_own(true, chain.trace, now.trace_obj);
-            }
-            chain.trace = None;
-        } else {
-            if cpy::same_hook(now.profile, profile_hook) {
-                cpy::set_own(false, chain.profile, now.profile_obj);
-            }
-            chain.profile = None;
+        let (installed, obj) = now.get(trace);
+        if cpy::same_hook(installed, ours(trace)) {
+            cpy::set_hook(ts, trace, *chain.slot(trace), obj);
         }
+        *chain.slot(trace) = None;
         set_chain(ts, chain);
     }
 }
@@ -650,7 +618,7 @@ pub fn thread_start(frame: &Bound<'_, PyAny>, event: &str, arg: Option<&Bound<'_
         }
         None => {
             // SAFETY: GIL held; removes `_thread_start` from this thread.
-            unsafe { cpy::set_own(false, None, std::ptr::null_mut()) };
+            unsafe { cpy::set_hook(ffi::PyThreadState_Get(), false, None, std::ptr::null_mut()) };
             Ok(())
         }
     })

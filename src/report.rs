@@ -318,6 +318,18 @@ impl Tables {
         Ok(frame.c)
     }
 
+    /// Closes every frame of `thread` at `ns` (or where each started, if
+    /// later); how many there were.
+    fn close_all(&mut self, thread: &mut Thread, ns: i64) -> Result<u64, String> {
+        let mut closed = 0;
+        while let Some(top) = thread.stack.last() {
+            let at = ns.max(top.start);
+            self.close_top(thread, at)?;
+            closed += 1;
+        }
+        Ok(closed)
+    }
+
     /// The function of a call event, registered on first sight.
     fn func(&mut self, ev: &Event<'_>, c: bool) -> u32 {
         self.key.clear();
@@ -479,11 +491,7 @@ impl Analysis<'_> {
                 continue;
             }
             thread.lost = true;
-            while let Some(top) = thread.stack.last() {
-                let ns = at.max(top.start);
-                self.tables.close_top(thread, ns)?;
-                self.cut_at_loss += 1;
-            }
+            self.cut_at_loss += self.tables.close_all(thread, at)?;
         }
         Ok(())
     }
@@ -502,11 +510,7 @@ impl Analysis<'_> {
             .collect();
         threads.sort_unstable_by_key(|t| t.tid);
         for thread in threads {
-            while let Some(top) = thread.stack.last() {
-                let at = ns.max(top.start);
-                self.tables.close_top(thread, at)?;
-                self.closed_at_exit += 1;
-            }
+            self.closed_at_exit += self.tables.close_all(thread, ns)?;
         }
         Ok(())
     }
@@ -526,11 +530,7 @@ impl Analysis<'_> {
         threads.sort_unstable_by_key(|t| (t.pid, t.incarnation, t.tid));
         for thread in threads {
             let end = process_end[&(thread.pid, thread.incarnation)];
-            while let Some(top) = thread.stack.last() {
-                let at = end.max(top.start);
-                self.tables.close_top(thread, at)?;
-                self.open_at_end += 1;
-            }
+            self.open_at_end += self.tables.close_all(thread, end)?;
         }
         if let Some(t) = self.tables.timeline.take() {
             t.finish()?;

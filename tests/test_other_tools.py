@@ -13,7 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Session, check_nesting, lttng, make_session, run_traced, write_script
+from conftest import (
+    Session,
+    check_nesting,
+    lttng,
+    make_session,
+    run_python,
+    run_traced,
+    write_script,
+)
 
 WORK = """\
 def branchy(n):
@@ -78,10 +86,7 @@ def program(tmp_path: Path) -> Path:
 
 
 def _untraced(program: Path) -> dict:
-    proc = subprocess.run(
-        [sys.executable, str(program)], capture_output=True, text=True, timeout=120
-    )
-    return _coverage_of(proc)
+    return _coverage_of(run_python(str(program)))
 
 
 def test_coverage_same_with_session_before(session: Session, program: Path) -> None:
@@ -188,9 +193,7 @@ print("ok")
 
 def test_other_trace_and_profile_functions_are_kept(session: Session, tmp_path: Path) -> None:
     script = write_script(tmp_path, "settrace.py", SETTRACE)
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
-    )
+    proc = run_python(str(script))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
 

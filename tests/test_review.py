@@ -17,8 +17,6 @@ import pytest
 from conftest import (
     Session,
     check_nesting,
-    lttng,
-    make_session,
     run_plain,
     run_python,
     run_traced,
@@ -149,24 +147,14 @@ print(" ".join(map(str, children)))
 """
 
 
-def test_fork_under_load(sessiond: None, tmp_path: Path) -> None:
+def test_fork_under_load(session: Session, tmp_path: Path) -> None:
     # Threads log and call while the main thread forks: the at-fork hooks
     # of logging, threading and random run in the fork window, where pyust
     # emits nothing; each child traces under its own vpid, from a clean
     # slate (no returns of the parent's frames).
     script = write_script(tmp_path, "forks.py", FORKS)
-    s = make_session(tmp_path)
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pyust", str(script)],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            stdin=subprocess.DEVNULL,
-        )
-        events = s.stop()
-    finally:
-        lttng("destroy", s.name, check=False)
+    proc = run_python("-m", "pyust", str(script), timeout=240)
+    events = session.stop()
     assert proc.returncode == 0, proc.stderr
     children = {int(pid) for pid in proc.stdout.split()}
     assert len(children) == 200

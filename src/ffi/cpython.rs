@@ -58,14 +58,17 @@ mod raw {
     }
 }
 
-/// Installs `func` with `obj` as the profile function of thread `tstate`
-/// (any thread of the interpreter).
+/// Installs `func` with `obj` as the trace function (`trace`) or the
+/// profile function of thread `tstate`: any thread of the interpreter on
+/// 3.9+, the calling thread's before (3.8 has no such entry point).
 ///
 /// # Safety
-/// GIL held; `tstate` live; `obj` null or live.
-#[cfg(all(Py_3_9, not(Py_3_12)))]
-pub unsafe fn set_profile(
+/// GIL held; `tstate` live (and the calling thread's on 3.8); `obj` null
+/// or live.
+#[cfg(not(Py_3_12))]
+pub unsafe fn set_hook(
     tstate: *mut pyo3::ffi::PyThreadState,
+    trace: bool,
     func: Option<pyo3::ffi::Py_tracefunc>,
     obj: *mut PyObject,
 ) {
@@ -74,47 +77,25 @@ pub unsafe fn set_profile(
     // it may be the old one.
     unsafe {
         pyo3::ffi::Py_XINCREF(obj);
-        if raw::set_profile(tstate, func, obj) != 0 {
-            pyo3::ffi::PyErr_Clear();
+        #[cfg(Py_3_9)]
+        {
+            let set = if trace {
+                raw::set_trace
+            } else {
+                raw::set_profile
+            };
+            if set(tstate, func, obj) != 0 {
+                pyo3::ffi::PyErr_Clear();
+            }
         }
-        pyo3::ffi::Py_XDECREF(obj);
-    }
-}
-
-/// The same for the trace function.
-///
-/// # Safety
-/// As for [`set_profile`].
-#[cfg(all(Py_3_9, not(Py_3_12)))]
-pub unsafe fn set_trace(
-    tstate: *mut pyo3::ffi::PyThreadState,
-    func: Option<pyo3::ffi::Py_tracefunc>,
-    obj: *mut PyObject,
-) {
-    // SAFETY: as for `set_profile`.
-    unsafe {
-        pyo3::ffi::Py_XINCREF(obj);
-        if raw::set_trace(tstate, func, obj) != 0 {
-            pyo3::ffi::PyErr_Clear();
-        }
-        pyo3::ffi::Py_XDECREF(obj);
-    }
-}
-
-/// The calling thread's profile (or trace) function, installed with `obj`.
-///
-/// # Safety
-/// GIL held; `obj` null or live.
-#[cfg(not(Py_3_12))]
-pub unsafe fn set_own(trace: bool, func: Option<pyo3::ffi::Py_tracefunc>, obj: *mut PyObject) {
-    // SAFETY: as the caller promises; `obj` is held across the swap, as
-    // in `set_profile`.
-    unsafe {
-        pyo3::ffi::Py_XINCREF(obj);
-        if trace {
-            pyo3::ffi::PyEval_SetTrace(func, obj);
-        } else {
-            pyo3::ffi::PyEval_SetProfile(func, obj);
+        #[cfg(not(Py_3_9))]
+        {
+            debug_assert_eq!(tstate, pyo3::ffi::PyThreadState_Get());
+            if trace {
+                pyo3::ffi::PyEval_SetTrace(func, obj);
+            } else {
+                pyo3::ffi::PyEval_SetProfile(func, obj);
+            }
         }
         pyo3::ffi::Py_XDECREF(obj);
     }
@@ -131,6 +112,18 @@ pub struct Hooks {
     pub trace: Option<pyo3::ffi::Py_tracefunc>,
     pub profile_obj: *mut PyObject,
     pub trace_obj: *mut PyObject,
+}
+
+#[cfg(not(Py_3_12))]
+impl Hooks {
+    /// The trace function (`trace`) or the profile function, with its object.
+    pub fn get(&self, trace: bool) -> (Option<pyo3::ffi::Py_tracefunc>, *mut PyObject) {
+        if trace {
+            (self.trace, self.trace_obj)
+        } else {
+            (self.profile, self.profile_obj)
+        }
+    }
 }
 
 /// Where `Hooks` starts in a `PyThreadState` of this version (x86-64 and
@@ -178,7 +171,7 @@ pub unsafe fn check_hooks_offset() {
                 && seen.trace.map(|f| f as usize) == before.trace.map(|f| f as usize)
                 && seen.trace_obj == before.trace_obj;
             if ok {
-                set_own(false, before.profile, before.profile_obj);
+                set_hook(ts, false, before.profile, before.profile_obj);
             } else {
                 pyo3::ffi::PyEval_SetProfile(None, std::ptr::null_mut());
             }
