@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -48,6 +49,18 @@ def outcome(text: str) -> tuple[str, list[str]]:
     return (result[-1] if result else "NO RESULT"), failed
 
 
+def failures(text: str) -> str:
+    """The failed tests' reports, or the end of regrtest's output."""
+    start = min((i for i in (text.find("FAIL:"), text.find("ERROR:")) if i >= 0), default=-1)
+    return text[start - 200 : start + 4000] if start >= 0 else text[-3000:]
+
+
+def _default_sigint() -> None:
+    # A background job of a shell ignores SIGINT, and so would its children:
+    # tests that interrupt the main thread (test_threading) would then hang.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_regrtest(*prefix: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *prefix, "-m", "test", "--timeout=600", *MODULES],
@@ -56,6 +69,7 @@ def run_regrtest(*prefix: str) -> subprocess.CompletedProcess[str]:
         timeout=900,
         stdin=subprocess.DEVNULL,
         env=dict(os.environ, PYTHONHASHSEED="0"),
+        preexec_fn=_default_sigint,
     )
 
 
@@ -78,6 +92,6 @@ def test_cpython_regression_tests_unchanged(sessiond: None) -> None:
     finally:
         lttng("destroy", name, check=False)
     assert "no LTTng session" not in traced.stderr
-    assert outcome(traced.stdout) == outcome(plain.stdout), traced.stdout[-3000:]
+    assert outcome(traced.stdout) == outcome(plain.stdout), failures(traced.stdout + plain.stdout)
     assert traced.returncode == plain.returncode
-    assert outcome(plain.stdout)[0] == "SUCCESS", plain.stdout[-3000:]
+    assert outcome(plain.stdout)[0] == "SUCCESS", failures(plain.stdout + plain.stderr)
