@@ -8,8 +8,12 @@ use crate::monitor as backend;
 #[cfg(not(Py_3_12))]
 use crate::profile as backend;
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -33,6 +37,7 @@ pub fn init(py: Python<'_>) {
 /// Starts tracing, for every thread (see the backend for how). When the
 /// callbacks cannot be armed, tracing stays off and the error is raised.
 pub fn enable(py: Python<'_>, thread_start: &Bound<'_, PyAny>) -> PyResult<()> {
+    ensure_tracked(py);
     let was_enabled = ENABLED.swap(true, Ordering::SeqCst);
     if !was_enabled {
         // Nesting restarts from here on every thread.
@@ -189,12 +194,77 @@ pub fn after_fork_parent() {
 pub fn after_fork_child(py: Python<'_>) {
     tp::after_fork_child();
     hook::restart_nesting();
+    if ENABLED.load(Ordering::SeqCst) {
+        // Still muted: nothing is emitted before `record` tracks this child.
+        ensure_tracked(py);
+    }
     hook::mute_current_thread(false);
     let stale = WATCHER.lock().unwrap_or_else(|e| e.into_inner()).take();
     // Not joinable here (no such thread in this process): forget it.
     std::mem::forget(stale);
     if ENABLED.load(Ordering::SeqCst) && backend::CAN_ARM_ALL_THREADS {
         let _ = start_watcher(py);
+    }
+}
+
+/// Under `pyust record`: the path of its control socket. Each process of
+/// the recorded program connects there once, before its first event;
+/// `record` adds the peer's pid to its session's vpid tracker (`lttng
+/// track --userspace --vpid`, which returns once the process's tracepoints
+/// are set up for the session) and answers `go`, or `no REASON`.
+static RECORD: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// The process that last asked `record` (0: none), answered or not: a
+/// forked child has another pid, so it asks again.
+static ASKED: AtomicU32 = AtomicU32::new(0);
+/// How long a process waits for `record`'s answer.
+const TRACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `record`'s child: remember the control socket and get tracked now
+/// (before the launcher asks whether a session records). Whether `record`
+/// tracks this process.
+pub fn join_record(py: Python<'_>, path: PathBuf) -> bool {
+    *RECORD.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
+    ensure_tracked(py)
+}
+
+/// Once per process under `record`: wait until `record` tracks it. A
+/// failure is one line on stderr; the program runs on, and `record`'s
+/// trace lacks this process (other sessions still get its events).
+fn ensure_tracked(py: Python<'_>) -> bool {
+    let Some(path) = RECORD.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        return false;
+    };
+    let pid = std::process::id();
+    if ASKED.swap(pid, Ordering::SeqCst) == pid {
+        return true; // asked already (a failure was said then)
+    }
+    match py.detach(|| ask_record(&path)) {
+        Ok(()) => true,
+        Err(reason) => {
+            // stderr may be closed: nothing to do about it then.
+            let _ = writeln!(
+                std::io::stderr(),
+                "pyust: process {pid} is not in the recording: {reason}"
+            );
+            false
+        }
+    }
+}
+
+/// One exchange with `record`: connect, read its answer to the end.
+fn ask_record(path: &std::path::Path) -> Result<(), String> {
+    let mut stream = UnixStream::connect(path)
+        .map_err(|e| format!("cannot reach pyust record ({e}); has it ended?"))?;
+    stream
+        .set_read_timeout(Some(TRACK_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("no answer from pyust record ({e})"))?;
+    match answer.trim_end() {
+        "go" => Ok(()),
+        other => Err(other.strip_prefix("no ").unwrap_or(other).to_string()),
     }
 }
 

@@ -60,6 +60,13 @@ fn run(
     control::run(m.py(), code, globals.as_any(), &m.getattr("_thread_start")?)
 }
 
+/// Under `pyust record`: join its recording through its control socket
+/// (waits until record tracks this process). Whether it does.
+#[pyfunction]
+fn _join_record(py: Python<'_>, path: std::path::PathBuf) -> bool {
+    control::join_record(py, path)
+}
+
 /// `threading.setprofile` target: hooks a new thread at its first event.
 #[pyfunction]
 #[pyo3(signature = (frame, event, arg=None))]
@@ -376,6 +383,7 @@ fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(backend, m)?)?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(_thread_start, m)?)?;
+    m.add_function(wrap_pyfunction!(_join_record, m)?)?;
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;

@@ -1,7 +1,7 @@
 """The ``pyust`` command (also ``python -m pyust``).
 
     pyust [-m module | script.py] [args...]                  trace into active sessions
-    pyust record [-o DIR] [--view] [-m module | script.py] [args...]
+    pyust record [-o DIR] [--view] [--all-processes] [-m module | script.py] [args...]
     pyust view DIR
     pyust report DIR [--sort KEY] [--limit N] [--pid P] [--tid T]
                      [--flamegraph SVG] [--folded TXT] [--perfetto JSON]
@@ -15,10 +15,15 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import select
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import types
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -26,7 +31,8 @@ from typing import NoReturn
 
 USAGE = """\
 usage: pyust [-m module | script.py] [args...]
-       pyust record [-o DIR] [--view] [--subbuf-size SIZE] [--num-subbuf N]
+       pyust record [-o DIR] [--view] [--all-processes]
+                    [--subbuf-size SIZE] [--num-subbuf N]
                     [-m module | script.py] [args...]
        pyust view DIR
        pyust report DIR [--sort tottime|cumtime|calls] [--limit N]
@@ -42,10 +48,15 @@ python:c_call, python:c_return, python:exception).
                              lttng start` sets up)
   pyust -m module ARGS       the same for a module, as `python -m module`
   pyust record ...           the same inside a session pyust creates, starts,
-                             stops and destroys; prints the trace folder
+                             stops and destroys; prints the trace folder.
+                             It records the program and the children it
+                             forks, no other process
       -o, --output DIR       where the trace goes (default: a new folder
                              under ./pyust-traces/)
       --view                 also print the trace as text
+      --all-processes        also record every other process that emits
+                             python:* events meanwhile (programs that call
+                             pyust.enable(), other `pyust` runs)
       --subbuf-size SIZE     ring-buffer sub-buffer size per CPU (default:
                              4M, less when /dev/shm is small)
       --num-subbuf N         sub-buffers per CPU (default: 8)
@@ -86,6 +97,11 @@ def subbuf_size() -> int:
     while size > MIN_SUBBUF and cpus * NUM_SUBBUF * size > budget:
         size //= 2
     return size
+
+
+# The environment variable that hands `record`'s control socket to the
+# program it runs (see Tracker).
+RECORD_ENV = "PYUST_RECORD"
 
 
 class UsageError(Exception):
@@ -217,6 +233,11 @@ def run_traced(target: Target) -> int:
     from . import _pyust
 
     code, namespace = load_target(target)
+    # Started by `pyust record`: wait until it records this process. The
+    # variable goes: the program's own subprocesses are not record's.
+    control = os.environ.pop(RECORD_ENV, None)
+    if control:
+        _pyust._join_record(control)
     if not _pyust.session_active():
         print(
             "pyust: no LTTng session is recording python:* events; running the script "
@@ -317,6 +338,113 @@ def parse_count(text: str) -> int:
     return int(text)
 
 
+class Tracker:
+    """`record`'s side of process isolation.
+
+    The session tracks no process at first (`lttng untrack --all --vpid`).
+    Each process of the recorded program -- the one `record` starts and
+    every child it forks -- connects to this control socket before its
+    first event and waits; the tracker adds the peer's pid (from the
+    kernel, SO_PEERCRED) to the session's vpid inclusion set, which
+    returns once LTTng has set up that process for the session, and
+    answers ``go``. So the trace holds the program and its forks, and no
+    other process that emits ``python:*`` events meanwhile. Pids of
+    processes that have ended leave the set, so a recycled pid is not
+    recorded.
+    """
+
+    def __init__(self, lttng: str, session: str) -> None:
+        self.lttng = lttng
+        self.session = session
+        self.tracked: set[int] = set()
+        self.refused = 0
+        self.folder = tempfile.mkdtemp(prefix="pyust-record-")
+        self.path = os.path.join(self.folder, "control")
+        if len(os.fsencode(self.path)) > 100:  # beyond a socket address's room
+            os.rmdir(self.folder)
+            self.folder = tempfile.mkdtemp(prefix="pyust-record-", dir="/tmp")
+            self.path = os.path.join(self.folder, "control")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(64)
+        self.listener.setblocking(False)
+        self.wake_r, self.wake_w = os.pipe()
+        self.thread = threading.Thread(target=self._serve, name="pyust-tracker", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        os.write(self.wake_w, b"x")
+        self.thread.join(timeout=10)
+        self.listener.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _serve(self) -> None:
+        while True:
+            ready, _, _ = select.select([self.listener, self.wake_r], [], [], 1.0)
+            if self.wake_r in ready:
+                return
+            self._forget_ended()
+            if self.listener in ready:
+                self._answer(self._pending())
+
+    def _pending(self) -> list[tuple[socket.socket, int]]:
+        """Every connection waiting now (a Pool forks its workers at once:
+        one `lttng track` for all of them), with the peer's pid."""
+        waiting = []
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return waiting
+            except OSError:
+                return waiting
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            waiting.append((conn, struct.unpack("3i", creds)[0]))
+
+    def _answer(self, waiting: list[tuple[socket.socket, int]]) -> None:
+        new = sorted({pid for _, pid in waiting if pid > 0} - self.tracked)
+        failure = b"no its pid is not visible to pyust record\n"
+        if new:
+            proc = self._lttng("track", new)
+            if proc.returncode == 0:
+                self.tracked.update(new)
+            else:
+                detail = (proc.stderr or proc.stdout).strip().splitlines()
+                failure = f"no lttng track failed: {detail[-1] if detail else ''}\n".encode()
+        for conn, pid in waiting:
+            if pid in self.tracked:
+                reply = b"go\n"
+            else:
+                reply = failure
+                self.refused += 1
+            try:
+                conn.sendall(reply)
+            except OSError:
+                pass  # it has gone meanwhile
+            conn.close()
+
+    def _forget_ended(self) -> None:
+        ended = []
+        for pid in self.tracked:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                ended.append(pid)
+            except OSError:
+                pass  # alive, another user's now
+        if ended:
+            self._lttng("untrack", ended)
+            self.tracked.difference_update(ended)
+
+    def _lttng(self, command: str, pids: list[int]) -> subprocess.CompletedProcess[str]:
+        vpids = ",".join(map(str, pids))
+        return _run_lttng(
+            self.lttng, command, "--userspace", f"--session={self.session}", f"--vpid={vpids}"
+        )
+
+
 def _foreground_on_terminal() -> bool:
     """Whether this process is in the foreground of a terminal (where
     Ctrl-C signals the whole process group)."""
@@ -331,6 +459,7 @@ def record(argv: list[str]) -> int:
     view = False
     subbuf: int | None = None
     num_subbuf = NUM_SUBBUF
+    all_processes = False
     while argv:
         arg = argv[0]
         if arg in ("-o", "--output"):
@@ -341,6 +470,8 @@ def record(argv: list[str]) -> int:
             output, argv = arg.split("=", 1)[1], argv[1:]
         elif arg == "--view":
             view, argv = True, argv[1:]
+        elif arg == "--all-processes":
+            all_processes, argv = True, argv[1:]
         elif arg in ("--subbuf-size", "--num-subbuf"):
             if len(argv) < 2:
                 fail(f"{arg} needs a value")
@@ -390,6 +521,7 @@ def record(argv: list[str]) -> int:
     old_handlers = {sig: signal.getsignal(sig) for sig in stop_signals}
     received: list[int] = []
     child: subprocess.Popen[bytes] | None = None
+    tracker: Tracker | None = None
 
     def on_stop_signal(signum: int, _frame: object) -> None:
         received.append(signum)
@@ -439,6 +571,20 @@ def record(argv: list[str]) -> int:
             ),
             "add-context",
         )
+        env = None
+        if not all_processes:
+            # No process is recorded until the tracker lets it in.
+            _check(
+                _run_lttng(
+                    lttng, "untrack", "--userspace", f"--session={session}", "--all", "--vpid"
+                ),
+                "untrack",
+            )
+            try:
+                tracker = Tracker(lttng, session)
+            except OSError as exc:
+                fail(f"cannot make record's control socket: {exc}")
+            env = {**os.environ, RECORD_ENV: tracker.path}
         _check(_run_lttng(lttng, "start", session), "start")
         if received:  # stopped while the session was being set up
             status = 128 + received[0]
@@ -446,6 +592,7 @@ def record(argv: list[str]) -> int:
             child = subprocess.Popen(
                 [sys.executable, "-m", "pyust", "--", *target.argv],
                 start_new_session=not on_terminal,
+                env=env,
             )
             status = child.wait()
             if status < 0:
@@ -455,6 +602,10 @@ def record(argv: list[str]) -> int:
         # must not leave the session behind.
         for sig in stop_signals:
             signal.signal(sig, signal.SIG_IGN)
+        if tracker is not None:
+            tracker.close()
+            if tracker.refused:
+                _say(f"pyust: {tracker.refused} process(es) of the program could not be recorded")
         if created:
             _run_lttng(lttng, "stop", session)
             lost = discarded_events(lttng, session)
