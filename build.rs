@@ -58,8 +58,8 @@ fn main() {
 /// The C headers directory of the interpreter pyo3 builds for.
 fn python_include() -> String {
     let python = pyo3_build_config::get()
-        .executable
-        .clone()
+        .executable()
+        .map(str::to_owned)
         .unwrap_or_else(|| "python3".to_owned());
     let out = std::process::Command::new(&python)
         .args([

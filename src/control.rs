@@ -106,11 +106,10 @@ fn sync(py: Python<'_>) -> PyResult<()> {
         }
         SHAPE.store(want, Ordering::SeqCst);
         ARMED.store(true, Ordering::SeqCst);
-        backend::arm(py, want).map_err(|err| {
+        backend::arm(py, want).inspect_err(|_| {
             ARMED.store(false, Ordering::SeqCst);
             SHAPE.store(0, Ordering::SeqCst);
             let _ = backend::disarm(py);
-            err
         })
     } else {
         ARMED.store(false, Ordering::SeqCst);

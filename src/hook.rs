@@ -42,27 +42,38 @@ pub fn hide_module(module: &Bound<'_, pyo3::types::PyModule>, classes: &[&Bound<
     }
 }
 
-/// Whether `func` (a C_CALL/C_RETURN argument) is one of pyust's own.
+/// Whether `func` (a C_CALL/C_RETURN argument, or a CALL event's callable)
+/// is one of pyust's own: a function of its module, a method bound to one
+/// of its objects, or a method descriptor of one of its classes (3.14
+/// calls a `with` block's `__exit__` through its descriptor).
 ///
 /// # Safety
 /// GIL held; `func` null or live.
 pub unsafe fn is_own(func: *mut ffi::PyObject) -> bool {
-    // SAFETY: `func` is live (caller); a builtin function object starts
-    // with the fields of `CFunctionObject`.
-    unsafe {
-        if func.is_null() || ffi::PyCFunction_Check(func) == 0 {
-            return false;
-        }
-        let owner = (*func.cast::<cpy::CFunctionObject>()).m_self;
-        if owner.is_null() {
-            return false;
-        }
-        let ty: *mut ffi::PyObject = ffi::Py_TYPE(owner).cast();
-        OWN.iter().any(|own| {
-            let own = own.load(Ordering::Relaxed);
-            owner == own || ty == own
-        })
+    if func.is_null() {
+        return false;
     }
+    // SAFETY: `func` is live (caller); a builtin function object starts
+    // with the fields of `CFunctionObject`, a method descriptor with those
+    // of `PyMethodDescrObject`.
+    let (owner, ty): (*mut ffi::PyObject, *mut ffi::PyObject) = unsafe {
+        if ffi::PyCFunction_Check(func) != 0 {
+            let owner = (*func.cast::<cpy::CFunctionObject>()).m_self;
+            if owner.is_null() {
+                return false;
+            }
+            (owner, ffi::Py_TYPE(owner).cast())
+        } else if ffi::Py_TYPE(func) == std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type) {
+            let class = (*func.cast::<ffi::PyMethodDescrObject>()).d_common.d_type;
+            (class.cast(), class.cast())
+        } else {
+            return false;
+        }
+    };
+    OWN.iter().any(|own| {
+        let own = own.load(Ordering::Relaxed);
+        owner == own || ty == own
+    })
 }
 
 /// Whether `enable()` is in force. Threads whose hook sees it false remove it.

@@ -426,7 +426,7 @@ impl Analysis<'_> {
             }
         };
         thread.last_ns = ev.ns;
-        if thread.runs.back().map_or(true, |&(s, _)| s != ev.stream) {
+        if thread.runs.back().is_none_or(|&(s, _)| s != ev.stream) {
             if thread.runs.len() == RUNS {
                 thread.runs.pop_front();
             }
