@@ -9,7 +9,9 @@
 # Works with BuildKit and with the legacy builder: cargo's dependencies are
 # cached in a layer of their own rather than a cache mount.
 
-ARG BASE_IMAGE=ubuntu:24.04
+# The default: an Ubuntu LTS whose own cargo builds pyo3 0.29 (Rust 1.83+;
+# 24.04's is 1.75). Tested here on local Debian bases (trixie, forky).
+ARG BASE_IMAGE=ubuntu:26.04
 
 FROM ${BASE_IMAGE} AS base
 # PEM certificates to trust besides the system's, for builds behind a
@@ -38,6 +40,8 @@ RUN apt-get update \
     fi
 
 FROM base AS dev
+# More apt packages for the toolchain image (another CPython to test with).
+ARG EXTRA_PACKAGES=""
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         cargo \
@@ -49,6 +53,7 @@ RUN apt-get update \
         python3-dev \
         rustc \
         sudo \
+        $EXTRA_PACKAGES \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \

@@ -121,7 +121,14 @@ pub fn ci(sh: &Shell) -> Result<()> {
     let mut tested = Vec::new();
     for (version, python) in pythons() {
         let Some(python) = python else {
-            eprintln!("\nxtask: skipping CPython {version}: not installed (no python{version} on PATH or in pyenv)");
+            let elsewhere = if CONTAINER_PYTHONS.contains(&version.as_str()) {
+                " here; the Debian testing container below tests it"
+            } else {
+                ""
+            };
+            eprintln!(
+                "\nxtask: skipping CPython {version}: not installed (no python{version} on PATH or in pyenv){elsewhere}"
+            );
             continue;
         };
         step(&format!(
@@ -153,7 +160,7 @@ pub fn ci(sh: &Shell) -> Result<()> {
         tested.push(version);
     }
     if tested.is_empty() {
-        bail!("no supported CPython (3.8 to 3.13) found");
+        bail!("no supported CPython (3.8 to 3.15) found");
     }
 
     step("base image (debootstrap)");
@@ -165,10 +172,56 @@ pub fn ci(sh: &Shell) -> Result<()> {
         base: Some(base.clone()),
     }
     .run(sh)?;
+    step("base image of Debian testing (debootstrap)");
+    let testing = crate::docker::base_image(sh, crate::docker::TESTING_SUITE, false)?;
+    step("e2e in the Debian testing container (CPython 3.14, LTTng 2.16)");
+    crate::e2e::E2e {
+        local: false,
+        python: None,
+        base: Some(testing.clone()),
+    }
+    .run(sh)?;
+    step("CPython 3.14 and 3.15 in the Debian testing container: clippy, pytest");
+    container_pytests(sh, &testing)?;
     step("devcontainer: up, then e2e --local inside");
     crate::devcontainer::check(sh, &base)?;
     eprintln!("\nxtask: ci passed");
     Ok(())
+}
+
+/// The CPythons CI tests in a container of Debian testing (their apt
+/// packages) whatever the host has.
+pub const CONTAINER_PYTHONS: [&str; 2] = ["3.14", "3.15"];
+
+/// `clippy` and the pytest suites for each of `CONTAINER_PYTHONS`, in a
+/// container of the dev image on `base`, with its own session daemon. The
+/// build goes to target/<base's suite>/ (kept between runs), crates to a
+/// Docker volume.
+pub fn container_pytests(sh: &Shell, base: &str) -> Result<()> {
+    let suite = base.rsplit(':').next().unwrap_or("container");
+    let tag = format!("pyust-dev:{suite}");
+    let mut packages = vec!["rust-clippy"];
+    let dev_packages: Vec<String> = CONTAINER_PYTHONS
+        .iter()
+        .flat_map(|v| [format!("python{v}-dev"), format!("python{v}-venv")])
+        .collect();
+    packages.extend(dev_packages.iter().map(String::as_str));
+    crate::docker::build_with(sh, base, "dev", &tag, &packages)?;
+    let mount = format!("{}:/src", sh.current_dir().display());
+    let target = format!("CARGO_TARGET_DIR=/src/target/{suite}");
+    let versions = CONTAINER_PYTHONS.join(" ");
+    let script = format!(
+        "set -e; lttng-sessiond --daemonize; for v in {versions}; do \
+         echo; echo \"==> CPython $v (container): clippy, pytest\"; \
+         PYO3_PYTHON=$(command -v python$v) cargo clippy --quiet -p pyust -- -D warnings; \
+         cargo xtask pytest --python python$v; done"
+    );
+    cmd!(
+        sh,
+        "docker run --rm --network host --shm-size=1g -v {mount} -v pyust-cargo-registry:/root/.cargo/registry -w /src -e {target} -e CI=true {tag} bash -c {script}"
+    )
+    .run()
+    .context("the pytest suites in the container")
 }
 
 /// The supported CPython versions, each with its interpreter when this
@@ -177,7 +230,7 @@ pub fn pythons() -> Vec<(String, Option<PathBuf>)> {
     let pyenv_root = std::env::var_os("PYENV_ROOT")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")));
-    (8..=13)
+    (8..=15)
         .map(|minor| {
             let version = format!("3.{minor}");
             let exe = format!("python{version}");

@@ -10,9 +10,11 @@ use xshell::{cmd, Shell};
 use crate::common::{have, in_ci};
 
 /// The image the Dockerfile defaults to.
-pub const DEFAULT_BASE: &str = "ubuntu:24.04";
+pub const DEFAULT_BASE: &str = "ubuntu:26.04";
 /// The suite `base-image` bootstraps by default.
 pub const DEFAULT_SUITE: &str = "trixie";
+/// Debian testing: CPython 3.14 (and 3.15), LTTng 2.16, babeltrace2 2.1.
+pub const TESTING_SUITE: &str = "forky";
 
 pub fn local_base(suite: &str) -> String {
     format!("local/debian:{suite}")
@@ -40,6 +42,19 @@ pub fn ensure_daemon(sh: &Shell) -> Result<()> {
         return Ok(());
     }
     if !in_ci() {
+        // /usr/sbin may not be on a user's PATH.
+        let installed = have("dockerd")
+            || ["/usr/sbin/dockerd", "/usr/bin/dockerd"]
+                .iter()
+                .any(|p| Path::new(p).exists());
+        if !installed {
+            bail!(
+                "no Docker daemon answers, and none is installed (this docker is a client only): \
+                 install your distribution's daemon (Debian/Ubuntu: `apt-get install docker.io`), \
+                 start it (`systemctl start docker`, or as root `dockerd > /var/log/dockerd.log 2>&1 &`) \
+                 and run this again"
+            );
+        }
         bail!(
             "no Docker daemon answers; start one (as root: `dockerd > /var/log/dockerd.log 2>&1 &`, \
              or `systemctl start docker`) and run this again"
@@ -121,12 +136,24 @@ pub fn extra_ca_certs() -> String {
 
 /// `docker build --target <target> -t <tag>` with BASE_IMAGE = `base`.
 pub fn build(sh: &Shell, base: &str, target: &str, tag: &str) -> Result<()> {
+    build_with(sh, base, target, tag, &[])
+}
+
+/// The same, with EXTRA_PACKAGES (apt) in the dev stage.
+pub fn build_with(
+    sh: &Shell,
+    base: &str,
+    target: &str,
+    tag: &str,
+    extra_packages: &[&str],
+) -> Result<()> {
     let base_arg = format!("BASE_IMAGE={base}");
     let ca_arg = format!("EXTRA_CA_CERTS={}", extra_ca_certs());
+    let extra_arg = format!("EXTRA_PACKAGES={}", extra_packages.join(" "));
     eprintln!("xtask: docker build --target {target} -t {tag} (BASE_IMAGE={base})");
     cmd!(
         sh,
-        "docker build --network host --build-arg {base_arg} --build-arg {ca_arg} --target {target} -t {tag} ."
+        "docker build --network host --build-arg {base_arg} --build-arg {ca_arg} --build-arg {extra_arg} --target {target} -t {tag} ."
     )
     .quiet()
     .run()
@@ -154,15 +181,29 @@ pub fn base_image(sh: &Shell, suite: &str, force: bool) -> Result<String> {
     }
     let mirror =
         std::env::var("DEBIAN_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".into());
+    // A debootstrap older than the suite has no script of its name: testing
+    // and unstable bootstrap alike (`sid`).
+    let scripts = Path::new("/usr/share/debootstrap/scripts");
+    let script = if scripts.join(suite).exists() {
+        Vec::new()
+    } else {
+        vec![scripts.join("sid").to_string_lossy().into_owned()]
+    };
     eprintln!("xtask: debootstrap {suite} from {mirror} (about a minute)");
     cmd!(
         sh,
-        "debootstrap --variant=minbase --include=ca-certificates {suite} {rootfs} {mirror}"
+        "debootstrap --variant=minbase --include=ca-certificates {suite} {rootfs} {mirror} {script...}"
     )
     .quiet()
     .ignore_stdout()
     .run()
     .context("debootstrap failed")?;
+    // A local base is for builds here, maybe long after: a testing suite's
+    // Release file soon passes its Valid-Until date, which apt would refuse.
+    std::fs::write(
+        rootfs.join("etc/apt/apt.conf.d/99pyust-no-valid-until"),
+        "Acquire::Check-Valid-Until \"false\";\n",
+    )?;
     for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
         let path = rootfs.join(dir);
         for entry in std::fs::read_dir(&path).into_iter().flatten().flatten() {

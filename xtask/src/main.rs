@@ -20,12 +20,12 @@ usage: cargo xtask <task> [options]
 
 tasks:
   demo [script.py]  build the pyust image if missing (from a local Debian
-                    base when ubuntu:24.04 cannot be pulled) and print the
+                    base when ubuntu:26.04 cannot be pulled) and print the
                     trace of `docker run --rm pyust script.py` (foo.py)
   e2e [--local] [--base IMAGE]
                     record tests/scenarios/*.py under a live session daemon,
                     in a container of the image (BASE_IMAGE=IMAGE, default
-                    ubuntu:24.04) or on this machine (--local), and compare
+                    ubuntu:26.04) or on this machine (--local), and compare
                     the normalized traces with xtask/src/snapshots
                     (accept changes: cargo insta review)
   bench [--python 3.X]... [--rounds N] [--no-callgrind]
@@ -37,15 +37,19 @@ tasks:
                     how fast `pyust report` reads a trace of fib(N) (default
                     32: 14 million events) beside `babeltrace2 TRACE >
                     /dev/null` on the same trace: events/s, peak memory
-  pytest [--python PYTHON]
+  pytest [--python PYTHON | --container]
                     build pyust into a virtualenv of PYTHON (default
-                    python3) and run the pytest suites
+                    python3) and run the pytest suites; --container: for
+                    CPython 3.14 and 3.15, in a container of Debian testing
+                    (local/debian:forky, made when missing)
   base-image [--suite SUITE] [--force]
-                    debootstrap a minimal Debian (default trixie) into the
-                    local image local/debian:SUITE
+                    debootstrap a minimal Debian (default trixie; forky
+                    for Debian testing) into the local image
+                    local/debian:SUITE
   ci                everything CI checks: fmt, clippy, cargo test, ruff,
-                    pytest, e2e --local, base-image, e2e in the container,
-                    the devcontainer
+                    pytest and e2e --local for each CPython here, base
+                    images, e2e in trixie and forky containers, pytest
+                    --container, the devcontainer
 ";
 
 fn main() {
@@ -99,7 +103,11 @@ fn run() -> Result<()> {
             let python = match rest {
                 [] => "python3".to_owned(),
                 [flag, python] if flag == "--python" => python.clone(),
-                _ => bail!("usage: cargo xtask pytest [--python PYTHON]"),
+                [flag] if flag == "--container" => {
+                    let base = docker::base_image(&sh, docker::TESTING_SUITE, false)?;
+                    return common::container_pytests(&sh, &base);
+                }
+                _ => bail!("usage: cargo xtask pytest [--python PYTHON | --container]"),
             };
             common::ensure_sessiond(&sh)?;
             let venv_python = common::python_env(&sh, &python)?;
