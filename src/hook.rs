@@ -263,6 +263,8 @@ unsafe extern "C" fn free_code_info(info: *mut c_void) {
 
 /// Reserves the co_extra slot; called once at module import.
 pub fn init(_py: Python<'_>) {
+    // SAFETY: the GIL is held (`_py`).
+    unsafe { cpy::init_dict_versions() };
     if CODE_EXTRA.load(Ordering::Relaxed) < 0 {
         // SAFETY: the GIL is held (`_py`); the free function matches the slot.
         let index = unsafe { cpy::request_code_extra_index(free_code_info) };
@@ -407,7 +409,10 @@ unsafe fn module_name<'a>(
         // reference into it is alive.
         return unsafe { &(*info.module.get()).1 };
     }
-    info.module_from.set(from);
+    // Watched before `__name__` is read: a later change bumps the version.
+    // SAFETY: `globals` is a live dict (caller).
+    let watched = !globals.is_null() && unsafe { cpy::watch_dict(globals) };
+    info.module_from.set(if watched { from } else { (0, 0) });
     let name = if globals.is_null() {
         std::ptr::null_mut()
     } else {

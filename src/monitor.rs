@@ -222,6 +222,14 @@ unsafe extern "C" fn on_start(
         unsafe {
             let code = arg(args, nargs, 0);
             if hook::frame_entered() && !code.is_null() && tp::on(tp::EV_CALL) {
+                #[cfg(Py_3_13)]
+                {
+                    // A new reference (PyEval_GetGlobals is deprecated in 3.13).
+                    let globals = ffi::PyEval_GetFrameGlobals();
+                    hook::emit_call(py, code, globals);
+                    ffi::Py_XDECREF(globals);
+                }
+                #[cfg(not(Py_3_13))]
                 hook::emit_call(py, code, ffi::PyEval_GetGlobals());
             }
         }

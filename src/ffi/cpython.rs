@@ -55,7 +55,22 @@ mod raw {
         #[cfg(Py_3_12)]
         #[link_name = "PyUnstable_Code_SetExtra"]
         pub fn code_set_extra(code: *mut PyObject, index: Py_ssize_t, extra: *mut c_void) -> c_int;
+
+        // Dict watchers (3.12+; pyo3 does not declare the registration).
+        #[cfg(Py_3_14)]
+        pub fn PyDict_AddWatcher(callback: DictWatchCallback) -> c_int;
     }
+
+    /// `PyDict_WatchCallback`.
+    #[cfg(Py_3_14)]
+    pub type DictWatchCallback = Option<
+        unsafe extern "C" fn(
+            event: c_int,
+            dict: *mut PyObject,
+            key: *mut PyObject,
+            new_value: *mut PyObject,
+        ) -> c_int,
+    >;
 }
 
 /// Installs `func` with `obj` as the trace function (`trace`) or the
@@ -204,10 +219,16 @@ pub unsafe fn hooks(tstate: *mut pyo3::ffi::PyThreadState) -> Option<Hooks> {
     Some(unsafe { tstate.cast::<u8>().add(offset).cast::<Hooks>().read() })
 }
 
-/// The version tag of dict `dict`: CPython (3.6 to 3.13) gives every dict
-/// state a tag from one interpreter-wide counter, new at each creation and
-/// each change, so an equal (address, tag) pair is the same dict, unchanged.
-/// 0 when unknown (then nothing may be cached on it).
+/// A version of dict `dict` for caches keyed on (address, version): an
+/// equal pair is the same dict with the same `__name__`. 0 when unknown
+/// (then nothing may be cached on it).
+///
+/// Up to 3.13 it is the dict's version tag: CPython gives every dict state
+/// a tag from one interpreter-wide counter, new at each creation and each
+/// change. 3.14 removed the tag: there it is an epoch that a dict watcher
+/// bumps when a watched dict's `__name__` changes or a watched dict is
+/// cleared or freed (its address could then be another dict's); call
+/// `watch_dict` before reading what is cached.
 ///
 /// # Safety
 /// GIL held; `dict` a live dict.
@@ -220,7 +241,107 @@ pub unsafe fn dict_version(dict: *mut PyObject) -> u64 {
     #[cfg(Py_3_14)]
     {
         let _ = dict;
+        if watcher::ID.load(std::sync::atomic::Ordering::Relaxed) < 0 {
+            return 0;
+        }
+        watcher::EPOCH.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Has the dict watcher report `dict`'s changes (3.14+; before, the
+/// version tag needs nothing). False when it cannot.
+///
+/// # Safety
+/// GIL held; `dict` a live dict.
+#[inline]
+pub unsafe fn watch_dict(dict: *mut PyObject) -> bool {
+    #[cfg(not(Py_3_14))]
+    {
+        let _ = dict;
+        true
+    }
+    #[cfg(Py_3_14)]
+    {
+        let id = watcher::ID.load(std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: GIL held, `dict` a live dict (the caller's promise).
+        id >= 0
+            && unsafe {
+                if pyo3::ffi::PyDict_Watch(id, dict) == 0 {
+                    true
+                } else {
+                    pyo3::ffi::PyErr_Clear();
+                    false
+                }
+            }
+    }
+}
+
+/// Registers the dict watcher behind `dict_version` (3.14+), once.
+///
+/// # Safety
+/// GIL held.
+pub unsafe fn init_dict_versions() {
+    #[cfg(Py_3_14)]
+    {
+        use std::sync::atomic::Ordering;
+        if watcher::ID.load(Ordering::Relaxed) >= 0 {
+            return;
+        }
+        // SAFETY: GIL held; the callback never fails and runs no Python code.
+        let id = unsafe { raw::PyDict_AddWatcher(Some(watcher::on_event)) };
+        if id < 0 {
+            // Every watcher slot is taken: no module-name caching.
+            // SAFETY: GIL held.
+            unsafe { pyo3::ffi::PyErr_Clear() };
+        }
+        watcher::ID.store(id, Ordering::Relaxed);
+    }
+}
+
+#[cfg(Py_3_14)]
+mod watcher {
+    use std::ffi::c_int;
+    use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+
+    use pyo3::ffi::PyObject;
+
+    pub static ID: AtomicI32 = AtomicI32::new(-1);
+    pub static EPOCH: AtomicU64 = AtomicU64::new(1);
+
+    // `PyDict_WatchEvent`, in CPython's order.
+    const ADDED: c_int = 0;
+    const MODIFIED: c_int = 1;
+    const DELETED: c_int = 2;
+
+    /// Called by CPython on each change of a watched dict, before it
+    /// happens: bumps the epoch when `__name__` changes, or when the dict
+    /// is cloned into, cleared or freed.
+    pub unsafe extern "C" fn on_event(
+        event: c_int,
+        _dict: *mut PyObject,
+        key: *mut PyObject,
+        _new_value: *mut PyObject,
+    ) -> c_int {
+        let relevant = match event {
+            // SAFETY: CPython passes the live key of the change.
+            ADDED | MODIFIED | DELETED => unsafe { is_name(key) },
+            _ => true,
+        };
+        if relevant {
+            EPOCH.fetch_add(1, Ordering::AcqRel);
+        }
         0
+    }
+
+    /// Whether `key` is the str `"__name__"` (without running Python code).
+    unsafe fn is_name(key: *mut PyObject) -> bool {
+        // SAFETY: `key` is null or live; comparing an exact str with an
+        // ASCII string runs no Python code and cannot fail.
+        unsafe {
+            !key.is_null()
+                && pyo3::ffi::PyUnicode_CheckExact(key) != 0
+                && pyo3::ffi::PyUnicode_CompareWithASCIIString(key, c"__name__".as_ptr()) == 0
+        }
     }
 }
 
