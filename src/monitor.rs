@@ -338,9 +338,12 @@ pub fn bench_floor(py: Python<'_>, on: bool) -> PyResult<()> {
         _args: *mut *mut ffi::PyObject,
         _nargs: ffi::Py_ssize_t,
     ) -> *mut ffi::PyObject {
-        let none = ffi::Py_None();
-        ffi::Py_IncRef(none);
-        none
+        // SAFETY: called by CPython with the GIL held; None is immortal.
+        unsafe {
+            let none = ffi::Py_None();
+            ffi::Py_IncRef(none);
+            none
+        }
     }
     static NOOP: MethodDef = def(cstr(b"pyust_bench_noop\0"), noop);
     const FLOOR_TOOL: i32 = 5;

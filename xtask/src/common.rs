@@ -138,6 +138,13 @@ pub fn ci(sh: &Shell) -> Result<()> {
         cmd!(sh, "cargo clippy --quiet -p pyust -- -D warnings")
             .env("PYO3_PYTHON", &python)
             .run()?;
+        // The bench-only code (`cargo xtask bench`) too.
+        cmd!(
+            sh,
+            "cargo clippy --quiet -p pyust --features bench -- -D warnings"
+        )
+        .env("PYO3_PYTHON", &python)
+        .run()?;
         let venv_python = python_env(sh, &python.to_string_lossy())?;
         if tested.is_empty() {
             step("ruff");
@@ -195,8 +202,8 @@ pub const CONTAINER_PYTHONS: [&str; 2] = ["3.14", "3.15"];
 
 /// `clippy` and the pytest suites for each of `CONTAINER_PYTHONS`, in a
 /// container of the dev image on `base`, with its own session daemon. The
-/// build goes to target/<base's suite>/ (kept between runs), crates to a
-/// Docker volume.
+/// build and the virtualenvs go to the Docker volume pyust-target-<suite>,
+/// crates to pyust-cargo-registry.
 pub fn container_pytests(sh: &Shell, base: &str) -> Result<()> {
     let suite = base.rsplit(':').next().unwrap_or("container");
     let tag = format!("pyust-dev:{suite}");
@@ -208,17 +215,21 @@ pub fn container_pytests(sh: &Shell, base: &str) -> Result<()> {
     packages.extend(dev_packages.iter().map(String::as_str));
     crate::docker::build_with(sh, base, "dev", &tag, &packages)?;
     let mount = format!("{}:/src", sh.current_dir().display());
-    let target = format!("CARGO_TARGET_DIR=/src/target/{suite}");
+    // Docker volumes outlive the clone: builds and virtualenvs are reused
+    // by the next run on this machine.
+    let target_volume = format!("pyust-target-{suite}:/target");
+    let target = "CARGO_TARGET_DIR=/target";
     let versions = CONTAINER_PYTHONS.join(" ");
     let script = format!(
         "set -e; lttng-sessiond --daemonize; for v in {versions}; do \
          echo; echo \"==> CPython $v (container): clippy, pytest\"; \
          PYO3_PYTHON=$(command -v python$v) cargo clippy --quiet -p pyust -- -D warnings; \
+         PYO3_PYTHON=$(command -v python$v) cargo clippy --quiet -p pyust --features bench -- -D warnings; \
          cargo xtask pytest --python python$v; done"
     );
     cmd!(
         sh,
-        "docker run --rm --network host --shm-size=1g -v {mount} -v pyust-cargo-registry:/root/.cargo/registry -w /src -e {target} -e CI=true {tag} bash -c {script}"
+        "docker run --rm --network host --shm-size=1g -v {mount} -v {target_volume} -v pyust-cargo-registry:/root/.cargo/registry -w /src -e {target} -e CI=true {tag} bash -c {script}"
     )
     .run()
     .context("the pytest suites in the container")
