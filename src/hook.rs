@@ -371,6 +371,13 @@ fn qualify_nested(code: &Bound<'_, PyCode>, qualname: &str, depth: u32) {
 /// GIL held; `code` a live code object.
 unsafe fn store_code_info<'a>(code: *mut ffi::PyObject, names: names::CodeNames) -> Info<'a> {
     let index = CODE_EXTRA.load(Ordering::Relaxed);
+    // Making the names may have run Python code, and another thread may
+    // have cached names on `code` meanwhile and still be using them:
+    // replacing them would free them under it. Theirs win.
+    // SAFETY: as the caller promises.
+    if let Some(cached) = unsafe { cached_code_info(code) } {
+        return Info::Cached(cached);
+    }
     let info = Box::new(CodeInfo::new(names));
     if index < 0 {
         return Info::Once(info);
