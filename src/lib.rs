@@ -370,7 +370,11 @@ fn _report(
     }
 }
 
-#[pymodule]
+// Not yet safe without the GIL (per-code caches, co_extra replacement,
+// mutexes held while Python code runs): on a free-threaded CPython,
+// importing pyust turns the GIL back on (pyo3 0.28+ would declare the
+// module free-threading safe by default).
+#[pymodule(gil_used = true)]
 fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     control::init(m.py());
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
