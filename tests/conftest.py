@@ -30,6 +30,16 @@ LINE_RE = re.compile(
 FIELD_RE = re.compile(r'(\w+) = ("(?:[^"\\]|\\.)*"|-?\d+)')
 _counter = itertools.count()
 
+# For scripts under test: their anonymous memory (LTTng's ring buffers are
+# shared memory, whose pages count in RSS as they are first written).
+RSS = """
+def rss_anon_kib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+"""
+
 
 @dataclass
 class Event:

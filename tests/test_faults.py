@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    RSS,
     SCENARIOS,
     Session,
     babeltrace,
@@ -560,7 +561,8 @@ def test_stress_balanced_and_no_leak(sessiond: None, tmp_path: Path) -> None:
     script = write_script(
         tmp_path,
         "stress.py",
-        textwrap.dedent(
+        RSS
+        + textwrap.dedent(
             """
             import threading, pyust, resource
             def fib(n):
@@ -572,13 +574,6 @@ def test_stress_balanced_and_no_leak(sessiond: None, tmp_path: Path) -> None:
                         {}["k"]
                     except KeyError:
                         pass
-            def rss_kib():
-                # Anonymous memory only: LTTng's ring buffers are shared
-                # memory, whose pages count as they are first written.
-                with open("/proc/self/status") as f:
-                    for line in f:
-                        if line.startswith("RssAnon:"):
-                            return int(line.split()[1])
             def cycle():
                 pyust.enable()
                 ts = [threading.Thread(target=work) for _ in range(4)]
@@ -587,10 +582,10 @@ def test_stress_balanced_and_no_leak(sessiond: None, tmp_path: Path) -> None:
                 pyust.disable()
             for _ in range(10):
                 cycle()
-            before = rss_kib()
+            before = rss_anon_kib()
             for _ in range(100):
                 cycle()
-            print(rss_kib() - before)
+            print(rss_anon_kib() - before)
             """
         ),
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    RSS,
     Session,
     check_nesting,
     run_plain,
@@ -22,14 +23,6 @@ from conftest import (
     run_traced,
     write_script,
 )
-
-RSS = """
-def rss_anon_kib():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1])
-"""
 
 
 def test_classes_and_functions_made_at_run_time_are_freed(session: Session, tmp_path: Path) -> None:
