@@ -170,24 +170,22 @@ pub fn ci(sh: &Shell) -> Result<()> {
         bail!("no supported CPython (3.8 to 3.15) found");
     }
 
-    step("base image (debootstrap)");
-    let base = crate::docker::base_image(sh, crate::docker::DEFAULT_SUITE, false)?;
-    step("e2e in the container");
-    crate::e2e::E2e {
-        local: false,
-        python: None,
-        base: Some(base.clone()),
-    }
-    .run(sh)?;
-    step("base image of Debian testing (debootstrap)");
-    let testing = crate::docker::base_image(sh, crate::docker::TESTING_SUITE, false)?;
-    step("e2e in the Debian testing container (CPython 3.14, LTTng 2.16)");
-    crate::e2e::E2e {
-        local: false,
-        python: None,
-        base: Some(testing.clone()),
-    }
-    .run(sh)?;
+    // A local Debian base, and the e2e in a container of the image on it.
+    let container_e2e = |suite: &str| -> Result<String> {
+        step(&format!("base image {suite} (debootstrap)"));
+        let base = crate::docker::base_image(sh, suite, false)?;
+        step(&format!("e2e in the {suite} container"));
+        crate::e2e::E2e {
+            local: false,
+            python: None,
+            base: Some(base.clone()),
+        }
+        .run(sh)?;
+        Ok(base)
+    };
+    // Debian stable (CPython 3.13, LTTng 2.13) and testing (3.14, 2.16).
+    let base = container_e2e(crate::docker::DEFAULT_SUITE)?;
+    let testing = container_e2e(crate::docker::TESTING_SUITE)?;
     step("CPython 3.14 and 3.15 in the Debian testing container: clippy, pytest");
     container_pytests(sh, &testing)?;
     step("devcontainer: up, then e2e --local inside");
