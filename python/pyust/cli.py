@@ -274,10 +274,15 @@ def _run_lttng(lttng: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _lttng_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """The last line lttng printed about its failure."""
+    detail = (proc.stderr or proc.stdout).strip().splitlines()
+    return detail[-1] if detail else f"exit {proc.returncode}"
+
+
 def _check(proc: subprocess.CompletedProcess[str], what: str) -> None:
     if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        fail(f"lttng {what} failed: {detail[-1] if detail else 'exit ' + str(proc.returncode)}")
+        fail(f"lttng {what} failed: {_lttng_error(proc)}")
 
 
 def ensure_session_daemon(lttng: str) -> None:
@@ -396,9 +401,7 @@ class Tracker:
         while True:
             try:
                 conn, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return waiting
-            except OSError:
+            except OSError:  # none left waiting (BlockingIOError), or closed
                 return waiting
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             waiting.append((conn, struct.unpack("3i", creds)[0]))
@@ -411,8 +414,7 @@ class Tracker:
             if proc.returncode == 0:
                 self.tracked.update(new)
             else:
-                detail = (proc.stderr or proc.stdout).strip().splitlines()
-                failure = f"no lttng track failed: {detail[-1] if detail else ''}\n".encode()
+                failure = f"no lttng track failed: {_lttng_error(proc)}\n".encode()
         for conn, pid in waiting:
             if pid in self.tracked:
                 reply = b"go\n"
