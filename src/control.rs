@@ -219,9 +219,8 @@ static ASKED: AtomicU32 = AtomicU32::new(0);
 const TRACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `record`'s child: remember the control socket and get tracked now
-/// (before the launcher asks whether a session records). Whether `record`
-/// tracks this process.
-pub fn join_record(py: Python<'_>, path: PathBuf) -> bool {
+/// (before the launcher asks whether a session records).
+pub fn join_record(py: Python<'_>, path: PathBuf) {
     *RECORD.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
     ensure_tracked(py)
 }
@@ -229,24 +228,20 @@ pub fn join_record(py: Python<'_>, path: PathBuf) -> bool {
 /// Once per process under `record`: wait until `record` tracks it. A
 /// failure is one line on stderr; the program runs on, and `record`'s
 /// trace lacks this process (other sessions still get its events).
-fn ensure_tracked(py: Python<'_>) -> bool {
+fn ensure_tracked(py: Python<'_>) {
     let Some(path) = RECORD.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
-        return false;
+        return;
     };
     let pid = std::process::id();
     if ASKED.swap(pid, Ordering::SeqCst) == pid {
-        return true; // asked already (a failure was said then)
+        return; // asked already (a failure was said then)
     }
-    match py.detach(|| ask_record(&path)) {
-        Ok(()) => true,
-        Err(reason) => {
-            // stderr may be closed: nothing to do about it then.
-            let _ = writeln!(
-                std::io::stderr(),
-                "pyust: process {pid} is not in the recording: {reason}"
-            );
-            false
-        }
+    if let Err(reason) = py.detach(|| ask_record(&path)) {
+        // stderr may be closed: nothing to do about it then.
+        let _ = writeln!(
+            std::io::stderr(),
+            "pyust: process {pid} is not in the recording: {reason}"
+        );
     }
 }
 

@@ -61,9 +61,9 @@ fn run(
 }
 
 /// Under `pyust record`: join its recording through its control socket
-/// (waits until record tracks this process). Whether it does.
+/// (waits until record tracks this process, or says why it cannot).
 #[pyfunction]
-fn _join_record(py: Python<'_>, path: std::path::PathBuf) -> bool {
+fn _join_record(py: Python<'_>, path: std::path::PathBuf) {
     control::join_record(py, path)
 }
 
