@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::sync::MutexExt;
 use pyo3::types::PyCode;
 
 use crate::ffi::lttng as tp;
@@ -94,6 +95,10 @@ fn wanted_shape() -> u8 {
 /// Arms, re-arms or disarms the callbacks as `ENABLED` and the sessions
 /// want. An arming that fails leaves them disarmed.
 fn sync(py: Python<'_>) -> PyResult<()> {
+    // One at a time (`enable()`, `disable()` and the watcher may run at
+    // once): waiting detaches, as arming runs Python code.
+    static SYNC: Mutex<()> = Mutex::new(());
+    let _one = SYNC.lock_py_attached(py).unwrap_or_else(|e| e.into_inner());
     let want = wanted_shape();
     let armed = SHAPE.load(Ordering::SeqCst);
     if want == armed {

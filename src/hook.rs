@@ -9,11 +9,12 @@
 //! callback never unwinds into CPython, never raises and never leaves or
 //! clears an exception. This file knows no backend.
 
-use std::cell::{Cell, UnsafeCell};
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void, CStr, CString};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -224,33 +225,61 @@ pub fn attached<T>(f: impl FnOnce(Python<'_>) -> T) -> Option<T> {
 /// object (co_extra), freed with it.
 struct CodeInfo {
     names: names::CodeNames,
-    /// The `__name__` object `module` was made from (a strong reference, so
-    /// the pointer cannot be reused), and its UTF-8. Replaced only with the
-    /// GIL held and no Python code running (see `module_name`).
-    module: UnsafeCell<(*mut ffi::PyObject, CString)>,
-    /// The globals dict `module` was last looked up in (address and
-    /// version tag, not a reference): while it is unchanged, so is its
-    /// `__name__`, and the lookup is skipped.
-    module_from: Cell<(usize, u64)>,
+    /// The module name of the frames last run (see `module_name`): an
+    /// immutable entry, published whole, so that threads running `code`
+    /// at once (the free-threaded build) read it without a lock.
+    module: AtomicPtr<ModuleEntry>,
+    /// Entries replaced: still readable by a thread that loaded one just
+    /// before, so kept until the code object dies (at most
+    /// `MAX_RETIRED`; past that, names are looked up on each call).
+    #[allow(clippy::vec_box)] // boxed: readers hold their addresses
+    retired: Mutex<Vec<Box<ModuleEntry>>>,
 }
+
+/// A module name, and where it was read from.
+struct ModuleEntry {
+    /// The globals dict it was read from (an address, not a reference)
+    /// and the dict's version then (0: never matches): while both are
+    /// unchanged, so is `__name__`.
+    globals: usize,
+    version: AtomicU64,
+    /// The `__name__` object (a strong reference, so the address cannot be
+    /// reused) and its UTF-8.
+    name: *mut ffi::PyObject,
+    text: CString,
+}
+
+impl Drop for ModuleEntry {
+    fn drop(&mut self) {
+        // SAFETY: entries are dropped with the code object (CPython frees
+        // co_extra with the thread attached) or by a callback, attached;
+        // `name` is null or the strong reference the entry took.
+        unsafe { ffi::Py_XDECREF(self.name) };
+    }
+}
+
+/// How many replaced module entries a code object keeps (the same code
+/// run under many globals dicts, or `__name__` changed over and over).
+const MAX_RETIRED: usize = 16;
 
 impl CodeInfo {
     fn new(names: names::CodeNames) -> Self {
         CodeInfo {
             names,
-            module: UnsafeCell::new((std::ptr::null_mut(), CString::default())),
-            module_from: Cell::new((0, 0)),
+            module: AtomicPtr::new(std::ptr::null_mut()),
+            retired: Mutex::new(Vec::new()),
         }
     }
 }
 
 impl Drop for CodeInfo {
     fn drop(&mut self) {
-        let key = self.module.get_mut().0;
-        // SAFETY: CPython frees co_extra with the GIL held, and owned infos
-        // are dropped by callbacks that hold it; `key` is null or the
-        // strong reference this struct took.
-        unsafe { ffi::Py_XDECREF(key) };
+        let entry = *self.module.get_mut();
+        if !entry.is_null() {
+            // SAFETY: published entries are `Box`es this struct owns; the
+            // code object is dying, so no thread reads them any more.
+            drop(unsafe { Box::from_raw(entry) });
+        }
     }
 }
 
@@ -371,89 +400,123 @@ fn qualify_nested(code: &Bound<'_, PyCode>, qualname: &str, depth: u32) {
 /// GIL held; `code` a live code object.
 unsafe fn store_code_info<'a>(code: *mut ffi::PyObject, names: names::CodeNames) -> Info<'a> {
     let index = CODE_EXTRA.load(Ordering::Relaxed);
-    // Making the names may have run Python code, and another thread may
-    // have cached names on `code` meanwhile and still be using them:
-    // replacing them would free them under it. Theirs win.
-    // SAFETY: as the caller promises.
-    if let Some(cached) = unsafe { cached_code_info(code) } {
-        return Info::Cached(cached);
-    }
     let info = Box::new(CodeInfo::new(names));
     if index < 0 {
         return Info::Once(info);
     }
-    let raw = Box::into_raw(info);
-    // SAFETY: as the caller promises; on success the code object owns
-    // `raw` (freed by `free_code_info`), otherwise it is still ours.
-    unsafe {
-        if cpy::code_set_extra(code, index as ffi::Py_ssize_t, raw.cast()) {
-            Info::Cached(&*raw)
-        } else {
-            Info::Once(Box::from_raw(raw))
+    // SAFETY: GIL held or attached (caller); `code` is live.
+    let code_obj = unsafe { Bound::from_borrowed_ptr(Python::assume_attached(), code) };
+    // Under the code object's lock (the free-threaded build; the GIL
+    // otherwise), nothing in between runs Python code: making the names
+    // may have, and another thread may have cached names on `code`
+    // meanwhile and still be using them. Replacing them would free them
+    // under it: theirs win.
+    pyo3::sync::critical_section::with_critical_section(&code_obj, || {
+        // SAFETY: as the caller promises; on success the code object owns
+        // the box (freed by `free_code_info`), otherwise it is still ours.
+        unsafe {
+            if let Some(cached) = cached_code_info(code) {
+                return Info::Cached(cached);
+            }
+            let raw = Box::into_raw(info);
+            if cpy::code_set_extra(code, index as ffi::Py_ssize_t, raw.cast()) {
+                Info::Cached(&*raw)
+            } else {
+                Info::Once(Box::from_raw(raw))
+            }
         }
-    }
+    })
 }
 
 /// `__name__` of the frame's globals, as cached on `info`.
 ///
 /// # Safety
-/// GIL held; `globals` null or a live dict.
+/// GIL held (or the thread attached); `globals` null or a live dict.
 unsafe fn module_name<'a>(
     py: Python<'_>,
     info: &'a CodeInfo,
     globals: *mut ffi::PyObject,
-) -> &'a CStr {
-    let version = if globals.is_null() {
-        0
-    } else {
-        // SAFETY: `globals` is a live dict (caller).
-        unsafe { cpy::dict_version(globals) }
-    };
-    let from = (globals as usize, version);
-    if version != 0 && info.module_from.get() == from {
-        // SAFETY: the slot is only replaced under the GIL, by the
-        // `mem::replace` below, during which no Python code runs and no
-        // reference into it is alive.
-        return unsafe { &(*info.module.get()).1 };
-    }
-    // Watched before `__name__` is read: a later change bumps the version.
-    // SAFETY: `globals` is a live dict (caller).
-    let watched = !globals.is_null() && unsafe { cpy::watch_dict(globals) };
-    info.module_from.set(if watched { from } else { (0, 0) });
-    let name = if globals.is_null() {
-        std::ptr::null_mut()
-    } else {
-        // SAFETY: a live dict and an interned str key; the result is borrowed.
-        unsafe { ffi::PyDict_GetItem(globals, pyo3::intern!(py, "__name__").as_ptr()) }
-    };
-    // SAFETY: see above.
-    let current = unsafe { (*info.module.get()).0 };
-    // The slot starts as (null, ""): right for globals without `__name__`.
-    if current != name {
-        // May run Python code (a str subclass's `__str__`): no reference
-        // into the slot is held meanwhile.
-        let text = if name.is_null() {
-            CString::default()
-        } else {
-            attached(|py| {
-                names::preserving_error(py, || {
-                    // SAFETY: `name` is borrowed from the live globals dict.
-                    names::to_cstring(unsafe { &Bound::from_borrowed_ptr(py, name) })
-                })
-            })
-            .unwrap_or_default()
-        };
-        // SAFETY: GIL held; `name` null or live; the new value is in
-        // place before the old name is released (its release may run
-        // Python code, which may come back here).
-        unsafe {
-            ffi::Py_XINCREF(name);
-            let old = std::mem::replace(&mut *info.module.get(), (name, text));
-            ffi::Py_XDECREF(old.0);
+) -> Cow<'a, CStr> {
+    let entry = info.module.load(Ordering::Acquire);
+    // SAFETY: a published entry lives as long as `info` (replaced ones are
+    // retired, not freed); `globals` is a live dict (caller).
+    unsafe {
+        if !entry.is_null() && !globals.is_null() && (*entry).globals == globals as usize {
+            let version = cpy::dict_version(globals);
+            if version != 0 && (*entry).version.load(Ordering::Acquire) == version {
+                return Cow::Borrowed(&(*entry).text);
+            }
         }
     }
-    // SAFETY: see above.
-    unsafe { &(*info.module.get()).1 }
+    // Watched before the version is read: a later change bumps it.
+    // SAFETY: `globals` null or a live dict (caller).
+    let watched = !globals.is_null() && unsafe { cpy::watch_dict(globals) };
+    let (version, name) = if globals.is_null() {
+        (0, std::ptr::null_mut())
+    } else {
+        // SAFETY: `globals` is live. Under the dict's lock (the
+        // free-threaded build; the GIL otherwise) the version and the name
+        // read are of one state: the watcher bumps the version before a
+        // change, under that lock. `name` is a new reference.
+        let dict = unsafe { Bound::from_borrowed_ptr(py, globals) };
+        // SAFETY: as above.
+        pyo3::sync::critical_section::with_critical_section(&dict, || unsafe {
+            let version = if watched {
+                cpy::dict_version(globals)
+            } else {
+                0
+            };
+            let mut name = std::ptr::null_mut();
+            let key = pyo3::intern!(py, "__name__").as_ptr();
+            if ffi::compat::PyDict_GetItemRef(globals, key, &mut name) < 0 {
+                ffi::PyErr_Clear();
+            }
+            (version, name)
+        })
+    };
+    // SAFETY: as above.
+    unsafe {
+        if !entry.is_null() && (*entry).globals == globals as usize && (*entry).name == name {
+            // The same name object: its text holds; only the version moved.
+            (*entry).version.store(version, Ordering::Release);
+            ffi::Py_XDECREF(name);
+            return Cow::Borrowed(&(*entry).text);
+        }
+    }
+    // May run Python code (a str subclass's `__str__`).
+    let text = if name.is_null() {
+        CString::default()
+    } else {
+        attached(|py| {
+            names::preserving_error(py, || {
+                // SAFETY: `name` is a reference this function holds.
+                names::to_cstring(unsafe { &Bound::from_borrowed_ptr(py, name) })
+            })
+        })
+        .unwrap_or_default()
+    };
+    let new = Box::new(ModuleEntry {
+        globals: globals as usize,
+        version: AtomicU64::new(version),
+        name,
+        text,
+    });
+    let mut retired = info.retired.lock().unwrap_or_else(|e| e.into_inner());
+    if retired.len() >= MAX_RETIRED {
+        drop(retired);
+        // Too many: this event's name only (the entry's reference is
+        // released after, as releasing it may run Python code).
+        return Cow::Owned(new.text.clone());
+    }
+    let new = Box::into_raw(new);
+    let old = info.module.swap(new, Ordering::AcqRel);
+    if !old.is_null() {
+        // SAFETY: `old` was published from a `Box` and only this swap
+        // took it out; another thread may still read it: kept.
+        retired.push(unsafe { Box::from_raw(old) });
+    }
+    // SAFETY: `new` is published; it lives as long as `info`.
+    Cow::Borrowed(unsafe { &(*new).text })
 }
 
 /// `python:call` for a frame running `code` with `globals` (borrowed; may
@@ -470,7 +533,7 @@ pub unsafe fn emit_call(py: Python<'_>, code: *mut ffi::PyObject, globals: *mut 
             tp::emit_call(
                 &n.co_name,
                 &n.co_qualname,
-                module,
+                &module,
                 &n.co_filename,
                 n.co_firstlineno,
             );
@@ -492,7 +555,10 @@ struct CName {
 }
 
 type CNames = HashMap<(usize, usize), CName>;
-static C_NAMES: Mutex<Option<CNames>> = Mutex::new(None);
+/// Read by every C call of every thread, written once per new function:
+/// a read lock (no thread waits for another reader), held only while no
+/// Python code runs.
+static C_NAMES: RwLock<Option<CNames>> = RwLock::new(None);
 
 /// The heap types whose entries are in `C_NAMES`: the weak reference that
 /// removes them when the type dies, and the definitions keyed with it.
@@ -511,7 +577,7 @@ fn forget_type(owner: usize) {
         .and_then(|w| w.remove(&owner));
     let Some(watched) = watched else { return };
     let removed: Vec<CName> = {
-        let mut cache = C_NAMES.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = C_NAMES.write().unwrap_or_else(|e| e.into_inner());
         let cache = cache.get_or_insert_with(HashMap::new);
         watched
             .defs
@@ -603,7 +669,7 @@ unsafe fn emit_c_call_named(
     };
     let key = (ml as usize, owner_type as usize);
     {
-        let cache = C_NAMES.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = C_NAMES.read().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = cache.as_ref().and_then(|c| c.get(&key)) {
             let same_module = entry
                 .module
@@ -641,7 +707,7 @@ unsafe fn emit_c_call_named(
             return; // cannot know when it dies: not cached
         }
         let old = {
-            let mut cache = C_NAMES.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = C_NAMES.write().unwrap_or_else(|e| e.into_inner());
             cache.get_or_insert_with(HashMap::new).insert(key, entry)
         };
         drop(old); // outside the lock: releasing it may run Python code

@@ -370,11 +370,12 @@ fn _report(
     }
 }
 
-// Not yet safe without the GIL (per-code caches, co_extra replacement,
-// mutexes held while Python code runs): on a free-threaded CPython,
-// importing pyust turns the GIL back on (pyo3 0.28+ would declare the
-// module free-threading safe by default).
-#[pymodule(gil_used = true)]
+// Safe without the GIL: nesting is per thread, the per-code caches are
+// published atomically (co_extra set under the code object's lock, module
+// names as immutable entries), the C-function cache is behind a read
+// lock held while no Python code runs, and arming is serialized by a lock
+// that detaches while it waits. A free-threaded CPython keeps its GIL off.
+#[pymodule(gil_used = false)]
 fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     control::init(m.py());
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -30,10 +30,29 @@ LINE_RE = re.compile(
 FIELD_RE = re.compile(r'(\w+) = ("(?:[^"\\]|\\.)*"|-?\d+)')
 _counter = itertools.count()
 
-# For scripts under test: their anonymous memory (LTTng's ring buffers are
-# shared memory, whose pages count in RSS as they are first written).
-RSS = """
-def rss_anon_kib():
+# For scripts under test: memory_kib(), what a leak would grow. On a
+# build with the GIL, the process's anonymous memory (LTTng's ring buffers
+# are shared memory, whose pages count in RSS as they are first written).
+# On a free-threaded build, whose allocator (mimalloc) keeps pages it
+# freed, RSS grows for a while with no leak: there it is what glibc's heap
+# has in use, where pyust's own allocations (names, caches) live.
+MEMORY = """
+import ctypes as _ctypes
+import sysconfig as _sysconfig
+
+
+class _MallInfo2(_ctypes.Structure):
+    _fields_ = [(_n, _ctypes.c_size_t) for _n in (
+        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+    ).split()]
+
+
+def memory_kib():
+    if _sysconfig.get_config_var("Py_GIL_DISABLED"):
+        libc = _ctypes.CDLL(None)
+        libc.mallinfo2.restype = _MallInfo2
+        info = libc.mallinfo2()
+        return (info.uordblks + info.hblkhd) // 1024
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("RssAnon:"):
@@ -225,10 +244,10 @@ def run_traced(
     return done, events
 
 
-def run_plain(session: Session, script: Path, timeout: float = 120):
-    """`python script` (no launcher: the script uses the API) under
+def run_plain(session: Session, script: Path, *args: str, timeout: float = 120):
+    """`python script args` (no launcher: the script uses the API) under
     `session`; the finished process, its pid and its events."""
-    return _run_under(session, [sys.executable, str(script)], timeout)
+    return _run_under(session, [sys.executable, str(script), *args], timeout)
 
 
 def write_script(tmp_path: Path, name: str, source: str) -> Path:

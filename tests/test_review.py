@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    RSS,
+    MEMORY,
     Session,
     check_nesting,
     run_plain,
@@ -31,7 +31,7 @@ def test_classes_and_functions_made_at_run_time_are_freed(session: Session, tmp_
     script = write_script(
         tmp_path,
         "maker.py",
-        RSS
+        MEMORY
         + textwrap.dedent(
             """
             import gc
@@ -46,11 +46,11 @@ def test_classes_and_functions_made_at_run_time_are_freed(session: Session, tmp_
             for i in range(2000):
                 make(i)
             gc.collect()
-            classes, before = len(dict.__subclasses__()), rss_anon_kib()
+            classes, before = len(dict.__subclasses__()), memory_kib()
             for i in range(10000):
                 make(i)
             gc.collect()
-            print(len(dict.__subclasses__()) - classes, rss_anon_kib() - before)
+            print(len(dict.__subclasses__()) - classes, memory_kib() - before)
             """
         ),
     )
@@ -60,7 +60,8 @@ def test_classes_and_functions_made_at_run_time_are_freed(session: Session, tmp_
     assert proc.returncode == 0, proc.stderr
     more_classes, growth_kib = map(int, proc.stdout.split())
     assert more_classes == 0
-    assert growth_kib < 2048, f"RSS grew by {growth_kib} KiB (untraced: {plain.stdout.split()[1]})"
+    untraced = plain.stdout.split()[1]
+    assert growth_kib < 2048, f"memory grew by {growth_kib} KiB (untraced: {untraced})"
     c_calls = [e["co_qualname"] for e in events if e.name == "c_call" and e["co_name"] == "get"]
     made = [q for q in c_calls if str(q).startswith("__main__.C")]
     assert len(made) == 12000
@@ -73,7 +74,7 @@ def test_names_without_a_co_extra_slot(session: Session, tmp_path: Path) -> None
     script = write_script(
         tmp_path,
         "noslot.py",
-        RSS
+        MEMORY
         + textwrap.dedent(
             """
             import ctypes, sys
@@ -92,16 +93,16 @@ def test_names_without_a_co_extra_slot(session: Session, tmp_path: Path) -> None
             pyust.enable()
             for _ in range(20000):
                 f()
-            before = rss_anon_kib()
+            before = memory_kib()
             for _ in range(200000):
                 f()
-            print(rss_anon_kib() - before)
+            print(memory_kib() - before)
             """
         ),
     )
     proc, _, events = run_plain(session, script, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert int(proc.stdout) < 1024, f"RSS grew by {proc.stdout.strip()} KiB"
+    assert int(proc.stdout) < 1024, f"memory grew by {proc.stdout.strip()} KiB"
     f_calls = [e for e in events if e.name == "call" and e["co_qualname"] == "f"]
     assert f_calls and f_calls[0]["module"] == "__main__"
 
