@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
+import pytest
 from conftest import (
     Session,
     check_nesting,
@@ -224,3 +227,38 @@ attempt()
         "exception ValueError",
         "exception ValueError",
     ]
+
+
+@pytest.mark.skipif(
+    not sysconfig.get_config_var("Py_GIL_DISABLED"), reason="a free-threaded CPython only"
+)
+def test_free_threaded_build_keeps_the_gil_off(session: Session, tmp_path: Path) -> None:
+    # Without PYTHON_GIL=0 (which would force it off): a module that does
+    # not declare itself safe turns the GIL back on at import, and warns.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON_GIL"}
+    script = write_script(
+        tmp_path,
+        "ft.py",
+        "import sys, threading, pyust\n"
+        "def work():\n"
+        "    return sum(range(10))\n"
+        "pyust.enable()\n"
+        "ts = [threading.Thread(target=work) for _ in range(4)]\n"
+        "for t in ts: t.start()\n"
+        "for t in ts: t.join()\n"
+        "pyust.disable()\n"
+        "print(sys._is_gil_enabled())\n",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-W", "error", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.strip() == "False"
+    assert err == ""
+    work = [e for e in session.events_of(proc.pid) if e.name == "call" and e["co_name"] == "work"]
+    assert len(work) == 4 and len({e.vtid for e in work}) == 4

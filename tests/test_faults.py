@@ -11,12 +11,13 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
 import pytest
 from conftest import (
-    RSS,
+    MEMORY,
     SCENARIOS,
     Session,
     babeltrace,
@@ -561,7 +562,7 @@ def test_stress_balanced_and_no_leak(sessiond: None, tmp_path: Path) -> None:
     script = write_script(
         tmp_path,
         "stress.py",
-        RSS
+        MEMORY
         + textwrap.dedent(
             """
             import threading, pyust, resource
@@ -582,10 +583,10 @@ def test_stress_balanced_and_no_leak(sessiond: None, tmp_path: Path) -> None:
                 pyust.disable()
             for _ in range(10):
                 cycle()
-            before = rss_anon_kib()
+            before = memory_kib()
             for _ in range(100):
                 cycle()
-            print(rss_anon_kib() - before)
+            print(memory_kib() - before)
             """
         ),
     )
@@ -596,7 +597,117 @@ def test_stress_balanced_and_no_leak(sessiond: None, tmp_path: Path) -> None:
         lttng("destroy", s.name, check=False)
     assert proc.returncode == 0, proc.stderr
     growth_kib = int(proc.stdout.strip())
-    assert growth_kib < 4096, f"RSS grew by {growth_kib} KiB over 100 enable/disable cycles"
+    assert growth_kib < 4096, f"memory grew by {growth_kib} KiB over 100 enable/disable cycles"
     workers = {e.vtid for e in events} - {events[0].vtid}
     assert len(workers) >= 4
     check_nesting([e for e in events if e.vtid in workers])
+
+
+# 30 s where threads truly run at once (a free-threaded build), 5 s else.
+STRESS_SECONDS = 30 if sysconfig.get_config_var("Py_GIL_DISABLED") else 5
+
+
+def test_threads_call_raise_and_make_code_while_tracing_toggles(
+    sessiond: None, tmp_path: Path
+) -> None:
+    # 8 threads call, raise and make code objects while another enables
+    # and disables tracing: each thread's trace nests, nothing crashes,
+    # nothing leaks (what the per-code and per-function caches must bear
+    # when callbacks run at once).
+    script = write_script(
+        tmp_path,
+        "toggle.py",
+        MEMORY
+        + textwrap.dedent(
+            """
+            import gc, sys, threading, time
+            import pyust
+
+            seconds = float(sys.argv[1])
+            stop = threading.Event()
+            made, errors = [0] * 8, []
+
+            def fib(n):
+                return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+            def raiser(n):
+                raise ValueError(n)
+
+            # One code object (`shared`) run by every thread under globals
+            # of its own: the module name cached on it changes all the time.
+            SHARED = compile("def shared():\\n    pass\\nshared()\\n", "<shared>", "exec")
+
+            def worker(k):
+                n = 0
+                try:
+                    while not stop.is_set():
+                        fib(5)
+                        try:
+                            raiser(n)
+                        except ValueError:
+                            pass
+                        source = f"def made_{k}_{n}(x):\\n    return len(str(x))\\n"
+                        ns = {}
+                        exec(compile(source, f"<made {k}>", "exec"), ns)
+                        ns[f"made_{k}_{n}"](n)
+                        exec(SHARED, {"__name__": f"m{k}"})
+                        sorted([3, 1, 2])
+                        n += 1
+                        made[k] = n
+                        time.sleep(0.005)
+                except BaseException as e:
+                    errors.append(repr(e))
+
+            def toggler():
+                while not stop.is_set():
+                    pyust.enable()
+                    time.sleep(0.02)
+                    pyust.disable()
+                    time.sleep(0.005)
+
+            threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+            threads.append(threading.Thread(target=toggler))
+            for t in threads:
+                t.start()
+            time.sleep(seconds / 3)
+            gc.collect()
+            before = memory_kib()
+            time.sleep(seconds * 2 / 3)
+            stop.set()
+            for t in threads:
+                t.join()
+            gc.collect()
+            print(memory_kib() - before, sum(made), *errors)
+            """
+        ),
+    )
+    s = make_session(tmp_path)
+    try:
+        proc, _, events = run_plain(s, script, str(STRESS_SECONDS), timeout=STRESS_SECONDS + 240)
+    finally:
+        lttng("destroy", s.name, check=False)
+    assert proc.returncode == 0, proc.stderr
+    growth_kib, made, *errors = proc.stdout.split()
+    assert not errors
+    assert int(growth_kib) < 2048, f"memory grew by {growth_kib} KiB"
+    workers = {}
+    for e in events:
+        if e.name == "call" and str(e["co_name"]).startswith("made_"):
+            workers.setdefault(e.vtid, set()).add(str(e["co_name"]).split("_")[1])
+    # Every worker was traced, each under its own thread.
+    assert len(workers) == 8 and all(len(ks) == 1 for ks in workers.values()), workers
+    workers_of = {tid: next(iter(ks)) for tid, ks in workers.items()}
+    # Each thread's `shared` frames name its own module.
+    for e in events:
+        if e.name == "call" and e["co_name"] == "shared":
+            k = workers_of[e.vtid]
+            assert e["module"] == f"m{k}", (e.vtid, e.fields)
+    made_calls = sum(
+        1 for e in events if e.name == "call" and str(e["co_name"]).startswith("made_")
+    )
+    assert 0 < made_calls <= int(made)
+    raised = [e for e in events if e.name == "exception" and e["co_qualname"] == "raiser"]
+    assert raised and all(e["exc_type"] == "ValueError" for e in raised)
+    # Nothing is closed that was not opened, on any thread; the frames
+    # open at a disable() stay open (nesting restarts at each enable()).
+    check_nesting(events, complete=False)
