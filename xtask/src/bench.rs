@@ -50,7 +50,7 @@ impl Bench {
             match arg.as_str() {
                 "--python" => bench.versions.push(
                     args.next()
-                        .context("--python needs a version (3.11)")?
+                        .context("--python needs a version (3.11, or 3.14t)")?
                         .clone(),
                 ),
                 "--rounds" => {
@@ -73,10 +73,19 @@ impl Bench {
             .join("xtask")
             .join("bench")
             .join("driver.py");
-        for (version, python) in common::pythons() {
+        let mut pythons = common::pythons();
+        // The free-threaded build only when asked for (built the first time).
+        if self.versions.iter().any(|v| v == "3.14t") {
+            pythons.push(("3.14t".to_owned(), Some(crate::freethreaded::python(sh)?)));
+        }
+        for (version, python) in pythons {
             if !self.versions.is_empty() && !self.versions.contains(&version) {
                 continue;
             }
+            // With its GIL off, whatever a module declares.
+            let _gil_off = version
+                .ends_with('t')
+                .then(|| sh.push_env("PYTHON_GIL", "0"));
             let Some(python) = python else {
                 eprintln!("bench: skipping CPython {version}: not installed");
                 continue;
@@ -257,10 +266,7 @@ fn median(values: &[f64]) -> f64 {
 
 /// A virtualenv with pyust built with the bench floors, and VizTracer.
 fn bench_env(sh: &Shell, python: &Path) -> Result<PathBuf> {
-    let version = cmd!(sh, "{python} -c")
-        .arg("import sys; print('%d.%d' % sys.version_info[:2])")
-        .quiet()
-        .read()?;
+    let version = common::python_version(sh, &python.to_string_lossy())?;
     let venv = common::target_dir(sh).join(format!("bench-venv-{version}"));
     let venv_python = venv.join("bin").join("python");
     if !venv_python.exists() {

@@ -59,14 +59,23 @@ pub fn ensure_sessiond(sh: &Shell) -> Result<()> {
         .context("lttng-sessiond started but does not answer")
 }
 
+/// `python`'s version as "3.X", "3.Xt" for a free-threaded build (which
+/// gets virtualenvs of its own).
+pub fn python_version(sh: &Shell, python: &str) -> Result<String> {
+    cmd!(sh, "{python} -c")
+        .arg(
+            "import sys, sysconfig; print('%d.%d%s' % (*sys.version_info[:2], \
+             't' if sysconfig.get_config_var('Py_GIL_DISABLED') else ''))",
+        )
+        .quiet()
+        .read()
+        .with_context(|| format!("cannot run {python}"))
+}
+
 /// A virtualenv under target/ for `python`, with pyust built into it
 /// (release, editable) and the test tools installed. Returns its python.
 pub fn python_env(sh: &Shell, python: &str) -> Result<PathBuf> {
-    let version = cmd!(sh, "{python} -c")
-        .arg("import sys; print('%d.%d' % sys.version_info[:2])")
-        .quiet()
-        .read()
-        .with_context(|| format!("cannot run {python}"))?;
+    let version = python_version(sh, python)?;
     let venv = target_dir(sh).join(format!("venv-{version}"));
     let venv_python = venv.join("bin").join("python");
     if !venv_python.exists() {
@@ -169,6 +178,7 @@ pub fn ci(sh: &Shell) -> Result<()> {
     if tested.is_empty() {
         bail!("no supported CPython (3.8 to 3.15) found");
     }
+    free_threaded(sh)?;
 
     // A local Debian base, and the e2e in a container of the image on it.
     let container_e2e = |suite: &str| -> Result<String> {
@@ -194,12 +204,44 @@ pub fn ci(sh: &Shell) -> Result<()> {
     Ok(())
 }
 
+/// The free-threaded CPython (built once per machine): clippy, the pytest
+/// suites and the e2e snapshots, with the GIL off (`PYTHON_GIL=0`: any
+/// module that needs the GIL would fail to import instead of turning it on).
+pub fn free_threaded(sh: &Shell) -> Result<()> {
+    step(&format!(
+        "CPython {}t (free-threaded, built once per machine)",
+        crate::freethreaded::VERSION
+    ));
+    let python = crate::freethreaded::python(sh)?;
+    step("CPython 3.14t: clippy, build");
+    for features in [&[][..], &["--features", "bench"][..]] {
+        cmd!(
+            sh,
+            "cargo clippy --quiet -p pyust {features...} -- -D warnings"
+        )
+        .env("PYO3_PYTHON", &python)
+        .run()?;
+    }
+    let venv_python = python_env(sh, &python.to_string_lossy())?;
+    let _gil_off = sh.push_env("PYTHON_GIL", "0");
+    step("CPython 3.14t: pytest (PYTHON_GIL=0)");
+    cmd!(sh, "{venv_python} -m pytest -q tests").run()?;
+    step("CPython 3.14t: e2e --local (PYTHON_GIL=0)");
+    crate::e2e::E2e {
+        local: true,
+        python: Some(venv_python),
+        base: None,
+    }
+    .run(sh)
+}
+
 /// The CPythons CI tests in a container of Debian testing (their apt
 /// packages) whatever the host has.
 pub const CONTAINER_PYTHONS: [&str; 2] = ["3.14", "3.15"];
 
-/// `clippy` and the pytest suites for each of `CONTAINER_PYTHONS`, in a
-/// container of the dev image on `base`, with its own session daemon. The
+/// `clippy`, the pytest suites and the e2e snapshots (`e2e --local`) for
+/// each of `CONTAINER_PYTHONS`, in a container of the dev image on `base`,
+/// with its own session daemon. The
 /// build and the virtualenvs go to the Docker volume pyust-target-<suite>,
 /// crates to pyust-cargo-registry.
 pub fn container_pytests(sh: &Shell, base: &str) -> Result<()> {
@@ -223,7 +265,9 @@ pub fn container_pytests(sh: &Shell, base: &str) -> Result<()> {
          echo; echo \"==> CPython $v (container): clippy, pytest\"; \
          PYO3_PYTHON=$(command -v python$v) cargo clippy --quiet -p pyust -- -D warnings; \
          PYO3_PYTHON=$(command -v python$v) cargo clippy --quiet -p pyust --features bench -- -D warnings; \
-         cargo xtask pytest --python python$v; done"
+         cargo xtask pytest --python python$v; \
+         echo \"==> CPython $v (container): e2e --local\"; \
+         cargo xtask e2e --local --python /target/venv-$v/bin/python; done"
     );
     cmd!(
         sh,

@@ -11,6 +11,7 @@ mod demo;
 mod devcontainer;
 mod docker;
 mod e2e;
+mod freethreaded;
 mod normalize;
 
 use anyhow::{bail, Context, Result};
@@ -28,7 +29,7 @@ tasks:
                     ubuntu:26.04) or on this machine (--local), and compare
                     the normalized traces with xtask/src/snapshots
                     (accept changes: cargo insta review)
-  bench [--python 3.X]... [--rounds N] [--no-callgrind]
+  bench [--python 3.X | 3.14t]... [--rounds N] [--no-callgrind]
                     what tracing costs: workloads under untraced, cProfile,
                     no-op hooks (the floor), pyust idle and recording,
                     VizTracer; ns/event, instructions/event (callgrind),
@@ -37,17 +38,21 @@ tasks:
                     how fast `pyust report` reads a trace of fib(N) (default
                     32: 14 million events) beside `babeltrace2 TRACE >
                     /dev/null` on the same trace: events/s, peak memory
-  pytest [--python PYTHON | --container]
+  pytest [--python PYTHON | --container | --free-threaded]
                     build pyust into a virtualenv of PYTHON (default
                     python3) and run the pytest suites; --container: for
                     CPython 3.14 and 3.15, in a container of Debian testing
-                    (local/debian:forky, made when missing)
+                    (local/debian:forky, made when missing);
+                    --free-threaded: on CPython 3.14t with the GIL off, and
+                    the e2e --local snapshots (3.14t is built from source
+                    the first time, into /var/cache/pyust or PYUST_CACHE)
   base-image [--suite SUITE] [--force]
                     debootstrap a minimal Debian (default trixie; forky
                     for Debian testing) into the local image
                     local/debian:SUITE
   ci                everything CI checks: fmt, clippy, cargo test, ruff,
-                    pytest and e2e --local for each CPython here, base
+                    pytest and e2e --local for each CPython here and
+                    for 3.14t (built once per machine), base
                     images, e2e in trixie and forky containers, pytest
                     --container, the devcontainer
 ";
@@ -107,7 +112,13 @@ fn run() -> Result<()> {
                     let base = docker::base_image(&sh, docker::TESTING_SUITE, false)?;
                     return common::container_pytests(&sh, &base);
                 }
-                _ => bail!("usage: cargo xtask pytest [--python PYTHON | --container]"),
+                [flag] if flag == "--free-threaded" => {
+                    common::ensure_sessiond(&sh)?;
+                    return common::free_threaded(&sh);
+                }
+                _ => bail!(
+                    "usage: cargo xtask pytest [--python PYTHON | --container | --free-threaded]"
+                ),
             };
             common::ensure_sessiond(&sh)?;
             let venv_python = common::python_env(&sh, &python)?;
