@@ -216,17 +216,21 @@ pub fn after_fork_child(py: Python<'_>) {
 /// `record` adds the peer's pid to its session's vpid tracker (`lttng
 /// track --userspace --vpid`, which returns once the process's tracepoints
 /// are set up for the session) and answers `go`, or `no REASON`.
-static RECORD: Mutex<Option<PathBuf>> = Mutex::new(None);
-/// The process that last asked `record` (0: none), answered or not: a
+/// Set once, at the launcher's start (a lock could be held by another
+/// thread at a fork, and stay held in the child).
+static RECORD: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+/// The process that last had `record`'s answer (0: none), `go` or not: a
 /// forked child has another pid, so it asks again.
 static ASKED: AtomicU32 = AtomicU32::new(0);
+/// The process one of whose threads is asking (or last asked).
+static ASKING: AtomicU32 = AtomicU32::new(0);
 /// How long a process waits for `record`'s answer.
 const TRACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `record`'s child: remember the control socket and get tracked now
 /// (before the launcher asks whether a session records).
 pub fn join_record(py: Python<'_>, path: PathBuf) {
-    *RECORD.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
+    let _ = RECORD.set(path);
     ensure_tracked(py)
 }
 
@@ -234,14 +238,31 @@ pub fn join_record(py: Python<'_>, path: PathBuf) {
 /// failure is one line on stderr; the program runs on, and `record`'s
 /// trace lacks this process (other sessions still get its events).
 fn ensure_tracked(py: Python<'_>) {
-    let Some(path) = RECORD.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+    let Some(path) = RECORD.get() else {
         return;
     };
     let pid = std::process::id();
-    if ASKED.swap(pid, Ordering::SeqCst) == pid {
-        return; // asked already (a failure was said then)
+    // One thread of this process asks; the others enabling meanwhile wait
+    // for its answer (detached), so none emits before the process is
+    // tracked. Pids, not a lock: a child forked while a thread of its
+    // parent was asking asks anew.
+    loop {
+        if ASKED.load(Ordering::SeqCst) == pid {
+            return; // answered (a failure was said then)
+        }
+        let asking = ASKING.load(Ordering::SeqCst);
+        if asking != pid
+            && ASKING
+                .compare_exchange(asking, pid, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            break;
+        }
+        py.detach(|| std::thread::sleep(Duration::from_millis(1)));
     }
-    if let Err(reason) = py.detach(|| ask_record(&path)) {
+    let answer = py.detach(|| ask_record(path));
+    ASKED.store(pid, Ordering::SeqCst);
+    if let Err(reason) = answer {
         // stderr may be closed: nothing to do about it then.
         let _ = writeln!(
             std::io::stderr(),

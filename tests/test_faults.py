@@ -660,10 +660,14 @@ def test_threads_call_raise_and_make_code_while_tracing_toggles(
 
             def toggler():
                 while not stop.is_set():
-                    pyust.enable()
-                    time.sleep(0.02)
                     pyust.disable()
                     time.sleep(0.005)
+                    pyust.enable()
+                    time.sleep(0.02)
+
+            # Enabled before the workers start (3.8 hooks no thread already
+            # running), then toggled.
+            pyust.enable()
 
             threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
             threads.append(threading.Thread(target=toggler))
