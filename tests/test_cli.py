@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -126,6 +127,10 @@ def test_module_mode(session: Session, tmp_path: Path) -> None:
         ["record", "missing.py"],
         ["record", "-o"],
         ["record", "--nope", "x.py"],
+        ["record", "--max-size", "lots", "x.py"],
+        ["record", "--max-size"],
+        ["record", "--max-size", "1K", "x.py"],
+        ["record", "--max-size", "64K", "--subbuf-size", "1M", "x.py"],
     ],
 )
 def test_bad_input_is_one_line_and_status_2(tmp_path: Path, args: list[str]) -> None:
@@ -193,6 +198,107 @@ def test_record_view_foo(sessiond: None, tmp_path: Path) -> None:
     assert view.returncode == 0
     assert view.stdout == proc.stdout
     assert pyust_sessions() == []
+
+
+# --- bounded recording ---------------------------------------------------------
+
+PACED = """
+import time
+
+def first():
+    pass
+
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+def last():
+    pass
+
+first()
+for _ in range(40):
+    fib(14)  # ~2 000 calls: ~100 KiB of trace, then a pause for the consumer
+    time.sleep(0.02)
+last()
+"""
+
+
+def _data_files(out_dir: Path) -> list[Path]:
+    """The trace's stream files (not the indexes, not the metadata)."""
+    return [
+        p
+        for p in out_dir.rglob("*")
+        if p.is_file() and p.parent.name != "index" and p.name != "metadata"
+    ]
+
+
+def _cpus() -> int:
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    return sum(
+        int(b or a) - int(a) + 1 for a, _, b in (part.partition("-") for part in text.split(","))
+    )
+
+
+def test_record_max_size_keeps_the_newest_data(sessiond: None, tmp_path: Path) -> None:
+    script = write_script(tmp_path, "paced.py", PACED)
+    out_dir = tmp_path / "capped"
+    cap = 256 << 10
+    proc = run_python(
+        "-m", "pyust", "record", "-o", str(out_dir), "--max-size", "256K", str(script)
+    )
+    assert proc.returncode == 0, proc.stderr
+    # At most the cap, plus one sub-buffer per stream (a packet that did not
+    # fit the current file starts the next one); the sub-buffer shrank to
+    # a trace file's size: cap / cpus / 4.
+    subbuf = cap // _cpus() // 4
+    data = sum(p.stat().st_size for p in _data_files(out_dir))
+    assert 0 < data <= cap + _cpus() * subbuf, data
+    dropped = [line for line in proc.stderr.splitlines() if "--max-size" in line]
+    assert len(dropped) == 1, proc.stderr
+    assert "the oldest" in dropped[0] and "were dropped" in dropped[0], dropped
+    # The newest events are kept, the oldest are gone.
+    names = {str(e["co_name"]) for e in parse_trace(babeltrace(out_dir)) if e.name == "call"}
+    assert "last" in names and "fib" in names
+    assert "first" not in names
+    report = run_python("-m", "pyust", "report", str(out_dir))
+    assert report.returncode == 0, report.stderr
+    assert "__main__.fib" in report.stdout
+    assert pyust_sessions() == []
+
+
+def test_record_max_size_0_keeps_everything(sessiond: None, tmp_path: Path) -> None:
+    script = write_script(tmp_path, "paced.py", PACED)
+    out_dir = tmp_path / "whole"
+    proc = run_python("-m", "pyust", "record", "-o", str(out_dir), "--max-size", "0", str(script))
+    assert proc.returncode == 0, proc.stderr
+    assert "--max-size" not in proc.stderr
+    names = [str(e["co_name"]) for e in parse_trace(babeltrace(out_dir)) if e.name == "call"]
+    assert names.count("first") == 1 and names.count("last") == 1
+    assert sum(p.stat().st_size for p in _data_files(out_dir)) > 256 << 10
+
+
+def test_record_default_cap_is_2g(sessiond: None, tmp_path: Path) -> None:
+    # The program reads its own session's channel: 2 GiB over the streams,
+    # four trace files each.
+    script = write_script(
+        tmp_path,
+        "channel.py",
+        textwrap.dedent(
+            """
+            import os, subprocess
+            def lttng(*args):
+                return subprocess.run(["lttng", *args], capture_output=True, text=True).stdout
+            prefix = f"pyust-{os.getppid()}-"
+            mine = [l.split()[1] for l in lttng("list").splitlines() if prefix in l]
+            print(lttng("list", mine[0]))
+            """
+        ),
+    )
+    proc = run_python("-m", "pyust", "record", "-o", str(tmp_path / "t"), str(script))
+    assert proc.returncode == 0, proc.stderr
+    assert "Trace file count: 4 per stream" in proc.stdout
+    assert f"Trace file size:  {(2 << 30) // _cpus() // 4} bytes" in proc.stdout
+    help_text = run_python("-m", "pyust", "--help").stdout
+    assert "--max-size SIZE" in help_text and "(default: 2G;" in help_text
 
 
 def test_record_default_folder(sessiond: None, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ own failures keep their usual traceback and exit status.
 from __future__ import annotations
 
 import datetime
+import glob
 import os
 import re
 import select
@@ -31,7 +32,7 @@ from typing import NoReturn
 
 USAGE = """\
 usage: pyust [-m module | script.py] [args...]
-       pyust record [-o DIR] [--view] [--all-processes]
+       pyust record [-o DIR] [--view] [--all-processes] [--max-size SIZE]
                     [--subbuf-size SIZE] [--num-subbuf N]
                     [-m module | script.py] [args...]
        pyust view DIR
@@ -57,8 +58,13 @@ python:c_call, python:c_return, python:exception).
       --all-processes        also record every other process that emits
                              python:* events meanwhile (programs that call
                              pyust.enable(), other `pyust` runs)
+      --max-size SIZE        at most SIZE of trace on disk (default: 2G;
+                             0: no limit): past it the oldest data goes, the
+                             newest is kept, and record says how much went
+                             (per user the program runs as)
       --subbuf-size SIZE     ring-buffer sub-buffer size per CPU (default:
-                             4M, less when /dev/shm is small)
+                             4M, less when /dev/shm is small or --max-size
+                             needs it)
       --num-subbuf N         sub-buffers per CPU (default: 8)
   pyust view DIR             print a trace folder as text
   pyust report DIR           where the time went: calls, self (tottime) and
@@ -97,6 +103,97 @@ def subbuf_size() -> int:
     while size > MIN_SUBBUF and cpus * NUM_SUBBUF * size > budget:
         size //= 2
     return size
+
+
+# `record --max-size`: each stream's data (one per CPU) goes to this many
+# trace files of a fixed size; when the last is full LTTng deletes the
+# oldest and starts a new one (`--tracefile-size` / `--tracefile-count`).
+DEFAULT_MAX_SIZE = 2 << 30
+TRACEFILES_PER_STREAM = 4
+PAGE = 4096
+
+
+def possible_cpus() -> int:
+    """How many per-CPU streams a channel has: LTTng makes one per possible
+    CPU (/sys/devices/system/cpu/possible, e.g. "0-3")."""
+    try:
+        with open("/sys/devices/system/cpu/possible") as f:
+            text = f.read().strip()
+        count = 0
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            count += int(last or first) - int(first) + 1
+        return max(count, 1)
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
+
+
+def size_limits(max_size: int, subbuf: int | None) -> tuple[int, int]:
+    """(sub-buffer size, trace file size) for at most `max_size` bytes of
+    trace over all streams; the sub-buffer shrinks to fit a trace file
+    unless the user chose it."""
+    streams = possible_cpus()
+    tracefile = max_size // streams // TRACEFILES_PER_STREAM
+    tracefile -= tracefile % PAGE
+    smallest = streams * TRACEFILES_PER_STREAM * PAGE
+    if tracefile < PAGE:
+        fail(
+            f"--max-size {human_size(max_size)} is too small for {streams} CPU stream(s): "
+            f"at least {human_size(smallest)}"
+        )
+    if subbuf is not None:
+        if subbuf > tracefile:
+            fail(
+                f"--max-size {human_size(max_size)} leaves {human_size(tracefile)} per trace "
+                f"file, less than --subbuf-size {human_size(subbuf)}: raise one or lower the other"
+            )
+        return subbuf, tracefile
+    size = subbuf_size()
+    while size > tracefile and size > PAGE:
+        size //= 2
+    return size, tracefile
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def dropped_data(output: str) -> tuple[int, int, int]:
+    """What `--max-size` dropped: (older packets gone, their estimated
+    bytes, bytes kept), from the trace's packet indexes (LTTng's CTF index
+    files: big-endian, one entry per packet with its size and the stream's
+    packet sequence number, which starts at 0)."""
+    streams: dict[str, list[tuple[int, int]]] = {}
+    for index in glob.glob(os.path.join(output, "**", "index", "*.idx"), recursive=True):
+        name = os.path.basename(index)[: -len(".idx")]
+        # channel_cpu_n: the n-th trace file of stream channel_cpu.
+        stream = os.path.join(os.path.dirname(index), name.rsplit("_", 1)[0])
+        try:
+            with open(index, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        if len(data) < 16:
+            continue
+        magic, major, _minor, entry = struct.unpack(">IIII", data[:16])
+        if magic != 0xC1F1DCC1 or major != 1 or entry < 72:
+            continue
+        for at in range(16, len(data) - entry + 1, entry):
+            fields = struct.unpack(">9Q", data[at : at + 72])
+            streams.setdefault(stream, []).append((fields[8], fields[1] // 8))
+    dropped = dropped_bytes = kept = 0
+    for packets in streams.values():
+        size = sum(b for _, b in packets)
+        kept += size
+        gone = max(seq for seq, _ in packets) + 1 - len(packets)
+        if gone > 0:
+            dropped += gone
+            dropped_bytes += gone * size // len(packets)
+    return dropped, dropped_bytes, kept
 
 
 # The environment variable that hands `record`'s control socket to the
@@ -337,6 +434,14 @@ def parse_size(text: str) -> int:
     return size
 
 
+def parse_max_size(text: str) -> int:
+    """`--max-size`: bytes (4096, 500M, 2G, 1.5G), 0 for no limit."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT]?)(?:i?[bB])?", text)
+    if not m:
+        fail(f"not a size: {text!r} (e.g. 500M, 2G; 0: no limit)")
+    return int(float(m[1]) * (1 << {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[m[2].lower()]))
+
+
 def parse_count(text: str) -> int:
     if not text.isdigit() or int(text) < 2 or int(text) & (int(text) - 1):
         fail(f"sub-buffer count must be a power of two of at least 2: {text!r}")
@@ -462,6 +567,7 @@ def record(argv: list[str]) -> int:
     subbuf: int | None = None
     num_subbuf = NUM_SUBBUF
     all_processes = False
+    max_size = DEFAULT_MAX_SIZE
     while argv:
         arg = argv[0]
         if arg in ("-o", "--output"):
@@ -474,6 +580,14 @@ def record(argv: list[str]) -> int:
             view, argv = True, argv[1:]
         elif arg == "--all-processes":
             all_processes, argv = True, argv[1:]
+        elif arg == "--max-size" or arg.startswith("--max-size="):
+            if "=" in arg:
+                value, argv = arg.split("=", 1)[1], argv[1:]
+            elif len(argv) < 2:
+                fail(f"{arg} needs a size (e.g. 500M, 2G; 0: no limit)")
+            else:
+                value, argv = argv[1], argv[2:]
+            max_size = parse_max_size(value)
         elif arg in ("--subbuf-size", "--num-subbuf"):
             if len(argv) < 2:
                 fail(f"{arg} needs a value")
@@ -493,6 +607,11 @@ def record(argv: list[str]) -> int:
             fail(f"unknown option for record: {arg}")
         else:
             break
+    limits: list[str] = []
+    channel_subbuf = subbuf or subbuf_size()
+    if max_size:
+        channel_subbuf, tracefile = size_limits(max_size, subbuf)
+        limits = [f"--tracefile-size={tracefile}", f"--tracefile-count={TRACEFILES_PER_STREAM}"]
     target = parse_target(argv)
     if target.script is not None and not os.path.isfile(target.script):
         fail(f"cannot open script {target.script!r}: no such file")
@@ -543,8 +662,9 @@ def record(argv: list[str]) -> int:
                 "enable-channel",
                 "--userspace",
                 f"--session={session}",
-                f"--subbuf-size={subbuf or subbuf_size()}",
+                f"--subbuf-size={channel_subbuf}",
                 f"--num-subbuf={num_subbuf}",
+                *limits,
                 CHANNEL,
             ),
             "enable-channel",
@@ -614,6 +734,14 @@ def record(argv: list[str]) -> int:
             _run_lttng(lttng, "destroy", session)
             if lost:
                 _say(f"pyust: LTTng discarded {lost} events (ring buffers full)")
+            if max_size:
+                gone, gone_bytes, kept = dropped_data(output)
+                if gone:
+                    _say(
+                        f"pyust: --max-size {human_size(max_size)}: the oldest {gone} "
+                        f"packet(s) of the trace (about {human_size(gone_bytes)}) were "
+                        f"dropped; the newest {human_size(kept)} are kept"
+                    )
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
     if view and signal.SIGHUP not in received:  # no terminal to show it on
