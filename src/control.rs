@@ -39,11 +39,14 @@ pub fn init(py: Python<'_>) {
 /// callbacks cannot be armed, tracing stays off and the error is raised.
 pub fn enable(py: Python<'_>, thread_start: &Bound<'_, PyAny>) -> PyResult<()> {
     ensure_tracked(py);
-    let was_enabled = ENABLED.swap(true, Ordering::SeqCst);
-    if !was_enabled {
-        // Nesting restarts from here on every thread.
+    if !ENABLED.load(Ordering::SeqCst) {
+        // Nesting restarts from here on every thread, before any callback
+        // sees tracing on: while it was off, callbacks counted nothing, so
+        // the counts of the last enabled stretch are stale (a thread
+        // running between the two stores would close frames with them).
         hook::restart_nesting();
     }
+    let was_enabled = ENABLED.swap(true, Ordering::SeqCst);
     let result = backend::start(py, thread_start).and_then(|()| {
         // Before arming: starting the watcher imports modules, which
         // would be traced.

@@ -537,6 +537,11 @@ pub unsafe fn emit_call(py: Python<'_>, code: *mut ffi::PyObject, globals: *mut 
                 &n.co_filename,
                 n.co_firstlineno,
             );
+        } else {
+            // No names to be had (the interpreter finalizing): the frame
+            // is counted and its return will be emitted, so its call is
+            // too, nameless, to keep each thread's events paired.
+            tp::emit_call(c"?", c"?", c"", c"", 0);
         }
     }
 }
@@ -610,8 +615,9 @@ pub unsafe fn emit_c_call(_py: Python<'_>, func: *mut ffi::PyObject) {
                 (name, qualname)
             })
         });
-        if let Some((name, qualname)) = names {
-            tp::emit_c_call(&name, &qualname);
+        match names {
+            Some((name, qualname)) => tp::emit_c_call(&name, &qualname),
+            None => tp::emit_c_call(c"?", c"?"), // finalizing: paired all the same
         }
         return;
     }
@@ -683,7 +689,7 @@ unsafe fn emit_c_call_named(
         }
     }
     // Computed outside the lock: it may run Python code.
-    attached(|py| {
+    let named = attached(|py| {
         let entry = names::preserving_error(py, || {
             // SAFETY: both null or live (caller).
             let borrow = |obj: *mut ffi::PyObject| unsafe { Bound::from_borrowed_ptr(py, obj) };
@@ -712,6 +718,10 @@ unsafe fn emit_c_call_named(
         };
         drop(old); // outside the lock: releasing it may run Python code
     });
+    if named.is_none() {
+        // The interpreter finalizing: the call is counted, so emitted.
+        tp::emit_c_call(name, name);
+    }
 }
 
 /// Makes sure the entries of heap type `ty` go when it does; records `ml`

@@ -182,7 +182,8 @@ pub fn thread_start(_frame: &Bound<'_, PyAny>, _event: &str, _arg: Option<&Bound
 /// Common entry of every callback: `None` to CPython, and never a panic.
 #[inline]
 fn callback(f: impl FnOnce(Python<'_>)) -> *mut ffi::PyObject {
-    if ENABLED.load(Ordering::Relaxed) && !LEFT.with(Cell::get) {
+    // Acquire: sees the nesting restart that `enable()` made before it.
+    if ENABLED.load(Ordering::Acquire) && !LEFT.with(Cell::get) {
         hook::guarded(f);
     }
     // SAFETY: the GIL is held (a monitoring callback); None is immortal

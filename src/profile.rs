@@ -317,7 +317,7 @@ unsafe fn profile_event(
     what: c_int,
     arg: *mut ffi::PyObject,
 ) {
-    if !ENABLED.load(Ordering::Relaxed) || !ARMED.load(Ordering::Relaxed) {
+    if !ENABLED.load(Ordering::Acquire) || !ARMED.load(Ordering::Relaxed) {
         uninstall_current_thread();
         return;
     }
@@ -380,7 +380,7 @@ unsafe fn trace_event(
     arg: *mut ffi::PyObject,
     chained: bool,
 ) {
-    if !WANT_TRACE.load(Ordering::Relaxed) || !ENABLED.load(Ordering::Relaxed) {
+    if !WANT_TRACE.load(Ordering::Relaxed) || !ENABLED.load(Ordering::Acquire) {
         // Re-armed without python:exception, or disabled: leave.
         uninstall_current(true);
         return;

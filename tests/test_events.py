@@ -10,6 +10,7 @@ from conftest import (
     Session,
     check_nesting,
     check_no_pyust_frames,
+    run_plain,
     run_traced,
     write_script,
 )
@@ -206,3 +207,29 @@ def test_filter_expressions_select_by_field(sessiond: None, tmp_path: Path) -> N
         lttng("destroy", s.name, check=False)
     assert proc.returncode == 0
     assert [e["co_name"] for e in events] == ["<module>", "foo", "baz"]
+
+
+def test_code_first_run_while_the_interpreter_finalizes_stays_paired(
+    session: Session, tmp_path: Path
+) -> None:
+    # A `__del__` that runs while modules are torn down, with code never run
+    # before: pyust cannot name it then (it cannot attach), but every
+    # return it emits has its call, named "?".
+    script = write_script(
+        tmp_path,
+        "finalize.py",
+        "import pyust\n"
+        "\n"
+        "class D:\n"
+        "    def __del__(self):\n"
+        "        def inner():\n"
+        "            return len('x')\n"
+        "        inner()\n"
+        "\n"
+        "d = D()\n"
+        "pyust.enable()\n",
+    )
+    proc, _, events = run_plain(session, script)
+    assert proc.returncode == 0, proc.stderr
+    check_nesting(events)
+    assert "c_call len" in [e.short() for e in events[-4:]], [e.short() for e in events]

@@ -654,7 +654,7 @@ def test_threads_call_raise_and_make_code_while_tracing_toggles(
                         sorted([3, 1, 2])
                         n += 1
                         made[k] = n
-                        time.sleep(0.005)
+                        time.sleep(0.02)  # bounds the trace: ~1 MB/s
                 except BaseException as e:
                     errors.append(repr(e))
 
