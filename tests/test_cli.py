@@ -301,6 +301,34 @@ def test_record_default_cap_is_2g(sessiond: None, tmp_path: Path) -> None:
     assert "--max-size SIZE" in help_text and "(default: 2G;" in help_text
 
 
+def test_record_output_folder_removed_mid_run(sessiond: None, tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "vanish.py",
+        textwrap.dedent(
+            """
+            import shutil, sys, time
+            def work():
+                return sum(range(100))
+            work()
+            time.sleep(0.3)
+            shutil.rmtree(sys.argv[1])
+            for _ in range(1000):
+                work()
+            print("finished")
+            """
+        ),
+    )
+    out_dir = tmp_path / "gone"
+    proc = run_python("-m", "pyust", "record", "-o", str(out_dir), str(script), str(out_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "finished\n"
+    assert proc.stderr.splitlines() == [
+        f"pyust: no trace: the folder {out_dir} was removed during the run"
+    ]
+    assert pyust_sessions() == []
+
+
 def test_record_default_folder(sessiond: None, tmp_path: Path) -> None:
     proc = run_python("-m", "pyust", "record", str(SCENARIOS / "foo.py"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

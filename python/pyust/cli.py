@@ -744,6 +744,11 @@ def record(argv: list[str]) -> int:
                     )
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
+    if not os.path.isdir(output):
+        # LTTng's consumer went on writing into files that are gone; the
+        # program ran all the same.
+        _say(f"pyust: no trace: the folder {output} was removed during the run")
+        return status
     if view and signal.SIGHUP not in received:  # no terminal to show it on
         sys.stdout.flush()
         show(output)

@@ -245,7 +245,7 @@ fn version_at_least(version: &str, minor: u32) -> bool {
     version
         .split('.')
         .nth(1)
-        .and_then(|m| m.parse::<u32>().ok())
+        .and_then(|m| m.trim_end_matches('t').parse::<u32>().ok())
         .is_some_and(|m| m >= minor)
 }
 
