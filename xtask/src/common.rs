@@ -140,39 +140,7 @@ pub fn ci(sh: &Shell) -> Result<()> {
             );
             continue;
         };
-        step(&format!(
-            "CPython {version}: clippy, build ({})",
-            python.display()
-        ));
-        cmd!(sh, "cargo clippy --quiet -p pyust -- -D warnings")
-            .env("PYO3_PYTHON", &python)
-            .run()?;
-        // The bench-only code (`cargo xtask bench`) too.
-        cmd!(
-            sh,
-            "cargo clippy --quiet -p pyust --features bench -- -D warnings"
-        )
-        .env("PYO3_PYTHON", &python)
-        .run()?;
-        let venv_python = python_env(sh, &python.to_string_lossy())?;
-        if tested.is_empty() {
-            step("ruff");
-            cmd!(sh, "{venv_python} -m ruff check python tests xtask/bench").run()?;
-            cmd!(
-                sh,
-                "{venv_python} -m ruff format --check python tests xtask/bench"
-            )
-            .run()?;
-        }
-        step(&format!("CPython {version}: pytest"));
-        cmd!(sh, "{venv_python} -m pytest -q tests").run()?;
-        step(&format!("CPython {version}: e2e --local"));
-        crate::e2e::E2e {
-            local: true,
-            python: Some(venv_python),
-            base: None,
-        }
-        .run(sh)?;
+        check_python(sh, &version, &python, tested.is_empty())?;
         tested.push(version);
     }
     if tested.is_empty() {
@@ -213,20 +181,39 @@ pub fn free_threaded(sh: &Shell) -> Result<()> {
         crate::freethreaded::VERSION
     ));
     let python = crate::freethreaded::python(sh)?;
-    step("CPython 3.14t: clippy, build");
+    let _gil_off = sh.push_env("PYTHON_GIL", "0");
+    check_python(sh, "3.14t (PYTHON_GIL=0)", &python, false)
+}
+
+/// For one interpreter: clippy against it (with the bench-only code too),
+/// a release build into its virtualenv, ruff when `ruff` (once is enough),
+/// the pytest suites and the e2e snapshots on this machine.
+fn check_python(sh: &Shell, label: &str, python: &Path, ruff: bool) -> Result<()> {
+    step(&format!(
+        "CPython {label}: clippy, build ({})",
+        python.display()
+    ));
     for features in [&[][..], &["--features", "bench"][..]] {
         cmd!(
             sh,
             "cargo clippy --quiet -p pyust {features...} -- -D warnings"
         )
-        .env("PYO3_PYTHON", &python)
+        .env("PYO3_PYTHON", python)
         .run()?;
     }
     let venv_python = python_env(sh, &python.to_string_lossy())?;
-    let _gil_off = sh.push_env("PYTHON_GIL", "0");
-    step("CPython 3.14t: pytest (PYTHON_GIL=0)");
+    if ruff {
+        step("ruff");
+        cmd!(sh, "{venv_python} -m ruff check python tests xtask/bench").run()?;
+        cmd!(
+            sh,
+            "{venv_python} -m ruff format --check python tests xtask/bench"
+        )
+        .run()?;
+    }
+    step(&format!("CPython {label}: pytest"));
     cmd!(sh, "{venv_python} -m pytest -q tests").run()?;
-    step("CPython 3.14t: e2e --local (PYTHON_GIL=0)");
+    step(&format!("CPython {label}: e2e --local"));
     crate::e2e::E2e {
         local: true,
         python: Some(venv_python),
