@@ -221,15 +221,18 @@ def run_python(
     )
 
 
-def _run_under(session: Session, argv: list[str], timeout: float):
-    """Run `argv` while `session` records; the finished process, its pid
-    and its events."""
+def _run_under(
+    session: Session, argv: list[str], timeout: float, env: dict[str, str] | None = None
+):
+    """Run `argv` (in `env`, else this environment) while `session`
+    records; the finished process, its pid and its events."""
     proc = subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         stdin=subprocess.DEVNULL,
+        env=env,
     )
     out, err = proc.communicate(timeout=timeout)
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -244,10 +247,17 @@ def run_traced(
     return done, events
 
 
-def run_plain(session: Session, script: Path, *args: str, timeout: float = 120):
+def run_plain(
+    session: Session,
+    script: Path,
+    *args: str,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+):
     """`python script args` (no launcher: the script uses the API) under
-    `session`; the finished process, its pid and its events."""
-    return _run_under(session, [sys.executable, str(script), *args], timeout)
+    `session`, in `env` if given; the finished process, its pid and its
+    events."""
+    return _run_under(session, [sys.executable, str(script), *args], timeout, env)
 
 
 def write_script(tmp_path: Path, name: str, source: str) -> Path:

@@ -234,7 +234,8 @@ attempt()
 )
 def test_free_threaded_build_keeps_the_gil_off(session: Session, tmp_path: Path) -> None:
     # Without PYTHON_GIL=0 (which would force it off): a module that does
-    # not declare itself safe turns the GIL back on at import, and warns.
+    # not declare itself safe turns the GIL back on at import, and warns
+    # (an error here).
     env = {k: v for k, v in os.environ.items() if k != "PYTHON_GIL"}
     script = write_script(
         tmp_path,
@@ -249,16 +250,9 @@ def test_free_threaded_build_keeps_the_gil_off(session: Session, tmp_path: Path)
         "pyust.disable()\n"
         "print(sys._is_gil_enabled())\n",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-W", "error", str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    assert out.strip() == "False"
-    assert err == ""
-    work = [e for e in session.events_of(proc.pid) if e.name == "call" and e["co_name"] == "work"]
+    proc, _, events = run_plain(session, script, timeout=60, env={**env, "PYTHONWARNINGS": "error"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+    assert proc.stderr == ""
+    work = [e for e in events if e.name == "call" and e["co_name"] == "work"]
     assert len(work) == 4 and len({e.vtid for e in work}) == 4
