@@ -67,6 +67,19 @@ fn _join_record(py: Python<'_>, path: std::path::PathBuf) {
     control::join_record(py, path)
 }
 
+/// Under `pyust record --flight-recorder`: SIGUSR1 sent to this process
+/// goes on to record (`pid`), which takes a snapshot.
+#[pyfunction]
+fn _forward_snapshot_signal(pid: i32) -> PyResult<()> {
+    if ffi::lttng::forward_sigusr1(pid) {
+        Ok(())
+    } else {
+        Err(pyo3::exceptions::PyOSError::new_err(
+            "cannot install the SIGUSR1 handler",
+        ))
+    }
+}
+
 /// `threading.setprofile` target: hooks a new thread at its first event.
 #[pyfunction]
 #[pyo3(signature = (frame, event, arg=None))]
@@ -389,6 +402,7 @@ fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(_thread_start, m)?)?;
     m.add_function(wrap_pyfunction!(_join_record, m)?)?;
+    m.add_function(wrap_pyfunction!(_forward_snapshot_signal, m)?)?;
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;

@@ -131,6 +131,13 @@ def test_module_mode(session: Session, tmp_path: Path) -> None:
         ["record", "--max-size"],
         ["record", "--max-size", "1K", "x.py"],
         ["record", "--max-size", "64K", "--subbuf-size", "1M", "x.py"],
+        ["record", "--buffer", "8M", "x.py"],
+        ["record", "--snapshot-on", "ValueError", "x.py"],
+        ["record", "--flight-recorder", "--max-size", "1G", "x.py"],
+        ["record", "--flight-recorder", "--buffer", "1K", "x.py"],
+        ["record", "--flight-recorder", "--buffer", "100T", "x.py"],
+        ["record", "--flight-recorder", "--snapshot-on", 'Value"Error', "x.py"],
+        ["record", "--flight-recorder", "--snapshot-on"],
     ],
 )
 def test_bad_input_is_one_line_and_status_2(tmp_path: Path, args: list[str]) -> None:

@@ -27,12 +27,13 @@ import tempfile
 import threading
 import types
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 USAGE = """\
 usage: pyust [-m module | script.py] [args...]
        pyust record [-o DIR] [--view] [--all-processes] [--max-size SIZE]
+                    [--flight-recorder [--buffer SIZE] [--snapshot-on EXC]]
                     [--subbuf-size SIZE] [--num-subbuf N]
                     [-m module | script.py] [args...]
        pyust view DIR
@@ -62,6 +63,19 @@ python:c_call, python:c_return, python:exception).
                              0: no limit): past it the oldest data goes, the
                              newest is kept, and record says how much went
                              (per user the program runs as)
+      --flight-recorder      keep the trace in memory only (ring buffers
+                             that overwrite the oldest data) and write a
+                             snapshot of the last --buffer of activity at
+                             exit, and whenever record or the program gets
+                             SIGUSR1; each snapshot is a trace folder under
+                             the output folder
+      --buffer SIZE          memory for the flight recorder, over all CPUs
+                             (default: 64M, less when /dev/shm is small)
+      --snapshot-on EXC      also snapshot the first time each process of
+                             the program raises the exception type EXC (as
+                             python:exception names it: ValueError,
+                             json.decoder.JSONDecodeError; `*` matches any
+                             text); may be repeated
       --subbuf-size SIZE     ring-buffer sub-buffer size per CPU (default:
                              4M, less when /dev/shm is small or --max-size
                              needs it)
@@ -154,6 +168,51 @@ def size_limits(max_size: int, subbuf: int | None) -> tuple[int, int]:
     return size, tracefile
 
 
+# `record --flight-recorder`: a snapshot session. Its ring buffers (per
+# user, per CPU, in /dev/shm) overwrite their oldest sub-buffer when full,
+# nothing is written to disk until a snapshot copies them out.
+DEFAULT_BUFFER = 64 << 20
+
+
+def shm_budget() -> int | None:
+    """Half of /dev/shm's free space, where LTTng-UST keeps ring buffers."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize // 2
+
+
+def flight_buffer(buffer: int | None, num_subbuf: int) -> int:
+    """The sub-buffer size for `--buffer` bytes over all CPU streams."""
+    streams = possible_cpus()
+    budget = shm_budget()
+    wanted = DEFAULT_BUFFER if buffer is None else buffer
+    if buffer is None and budget is not None:
+        wanted = min(wanted, budget)
+    elif budget is not None and buffer is not None and buffer > budget:
+        fail(
+            f"--buffer {human_size(buffer)} does not fit in /dev/shm "
+            f"({human_size(budget * 2)} free; LTTng keeps its ring buffers there)"
+        )
+    size = MAX_SUBBUF << 4
+    while size > PAGE and streams * num_subbuf * size > wanted:
+        size //= 2
+    if streams * num_subbuf * size > wanted:
+        fail(
+            f"--buffer {human_size(wanted)} is too small for {streams} CPU stream(s) of "
+            f"{num_subbuf} sub-buffers: at least {human_size(streams * num_subbuf * PAGE)}"
+        )
+    return size
+
+
+def parse_exception_type(text: str) -> str:
+    """`--snapshot-on`: an exception type name, dotted, `*` wildcards."""
+    if not re.fullmatch(r"[A-Za-z_*][A-Za-z0-9_.*]*", text):
+        fail(f"--snapshot-on needs an exception type name (e.g. ValueError), not {text!r}")
+    return text
+
+
 def human_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -199,6 +258,9 @@ def dropped_data(output: str) -> tuple[int, int, int]:
 # The environment variable that hands `record`'s control socket to the
 # program it runs (see Tracker).
 RECORD_ENV = "PYUST_RECORD"
+# ... and, under --flight-recorder, record's pid, to which the program
+# passes SIGUSR1 on.
+SNAPSHOT_ENV = "PYUST_SNAPSHOT"
 
 
 class UsageError(Exception):
@@ -335,6 +397,9 @@ def run_traced(target: Target) -> int:
     control = os.environ.pop(RECORD_ENV, None)
     if control:
         _pyust._join_record(control)
+    snapshot_pid = os.environ.pop(SNAPSHOT_ENV, "")
+    if snapshot_pid.isdigit():
+        _pyust._forward_snapshot_signal(int(snapshot_pid))
     if not _pyust.session_active():
         print(
             "pyust: no LTTng session is recording python:* events; running the script "
@@ -463,9 +528,12 @@ class Tracker:
     recorded.
     """
 
-    def __init__(self, lttng: str, session: str) -> None:
+    def __init__(
+        self, lttng: str, session: str, on_track: Callable[[list[int]], None] | None = None
+    ) -> None:
         self.lttng = lttng
         self.session = session
+        self.on_track = on_track
         self.tracked: set[int] = set()
         self.refused = 0
         self.folder = tempfile.mkdtemp(prefix="pyust-record-")
@@ -518,6 +586,8 @@ class Tracker:
             proc = self._lttng("track", new)
             if proc.returncode == 0:
                 self.tracked.update(new)
+                if self.on_track is not None:
+                    self.on_track(new)
             else:
                 failure = f"no lttng track failed: {_lttng_error(proc)}\n".encode()
         for conn, pid in waiting:
@@ -552,6 +622,126 @@ class Tracker:
         )
 
 
+class FlightRecorder:
+    """`record --flight-recorder`'s snapshots.
+
+    The session is a snapshot session: its ring buffers overwrite their
+    oldest data and nothing reaches the disk until ``lttng snapshot
+    record`` copies them into a new folder under the output folder, named
+    after why it was taken: ``signal-...`` (SIGUSR1, taken by this
+    object's thread), ``on-EXC-...`` (an LTTng trigger: the sessiond itself
+    takes it, the moment the program raises EXC) and ``exit-...``. The
+    thread also says each new folder as it appears.
+    """
+
+    def __init__(self, lttng: str, session: str, output: str, exc_types: list[str]) -> None:
+        self.lttng = lttng
+        self.session = session
+        self.output = output
+        self.exc_types = exc_types
+        self.triggers: list[str] = []
+        self.trigger_failed = False
+        self.announced: set[str] = set()
+        self.lock = threading.Lock()
+        self.wake_r, self.wake_w = os.pipe()
+        self.thread = threading.Thread(target=self._serve, name="pyust-snapshots", daemon=True)
+
+    @property
+    def output_name(self) -> str:
+        """The snapshot output's name: the trigger's snapshots carry it."""
+        if len(self.exc_types) == 1 and "*" not in self.exc_types[0]:
+            return "on-" + self.exc_types[0]
+        return "on-exception" if self.exc_types else "snapshot"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def request(self) -> None:
+        """Asks for a snapshot; safe in a signal handler."""
+        try:
+            os.write(self.wake_w, b"s")
+        except OSError:
+            pass
+
+    def watch(self, pids: list[int] | None) -> None:
+        """`--snapshot-on`: one trigger per process (any process: None)
+        that snapshots the session the first time it raises EXC."""
+        if not self.exc_types:
+            return
+        condition = " || ".join(f'exc_type == "{t}"' for t in self.exc_types)
+        for pid in pids or [None]:
+            name = f"{self.session}-on-{len(self.triggers)}"
+            rule = condition if pid is None else f"({condition}) && $ctx.vpid == {pid}"
+            proc = _run_lttng(
+                self.lttng,
+                "add-trigger",
+                f"--name={name}",
+                "--condition=event-rule-matches",
+                "--type=user",
+                "--name=python:exception",
+                f"--filter={rule}",
+                "--action=snapshot-session",
+                self.session,
+                "--rate-policy=once-after:1",
+            )
+            if proc.returncode == 0:
+                self.triggers.append(name)
+            elif not self.trigger_failed:
+                self.trigger_failed = True
+                _say(f"pyust: --snapshot-on: lttng add-trigger failed: {_lttng_error(proc)}")
+
+    def close(self) -> None:
+        """Stops the thread and removes the triggers (the session stays)."""
+        if self.thread.is_alive():
+            os.write(self.wake_w, b"q")
+            self.thread.join(timeout=30)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        for name in self.triggers:
+            _run_lttng(self.lttng, "remove-trigger", name)
+
+    def snapshot(self, why: str) -> str | None:
+        """Takes a snapshot now; the reason lttng gave when it cannot."""
+        proc = _run_lttng(
+            self.lttng, "snapshot", "record", f"--session={self.session}", f"--name={why}"
+        )
+        self.announce()
+        return None if proc.returncode == 0 else _lttng_error(proc)
+
+    def folders(self) -> list[str]:
+        """The snapshot folders so far, oldest first (NAME-DATE-TIME-N)."""
+        try:
+            names = os.listdir(self.output)
+        except OSError:
+            return []
+        found = []
+        for name in names:
+            m = re.fullmatch(r".+-\d{8}-\d{6}-(\d+)", name)
+            if m and os.path.isdir(os.path.join(self.output, name)):
+                found.append((int(m[1]), os.path.join(self.output, name)))
+        return [path for _, path in sorted(found)]
+
+    def announce(self) -> None:
+        with self.lock:
+            for path in self.folders():
+                if path not in self.announced:
+                    self.announced.add(path)
+                    _say(f"pyust: snapshot written to {path}")
+
+    def _serve(self) -> None:
+        while True:
+            ready, _, _ = select.select([self.wake_r], [], [], 1.0)
+            if ready:
+                data = os.read(self.wake_r, 64)
+                if b"q" in data:
+                    return
+                if b"s" in data:
+                    problem = self.snapshot("signal")
+                    if problem:
+                        _say(f"pyust: snapshot on SIGUSR1 failed: {problem}")
+            self.announce()
+
+
 def _foreground_on_terminal() -> bool:
     """Whether this process is in the foreground of a terminal (where
     Ctrl-C signals the whole process group)."""
@@ -561,42 +751,53 @@ def _foreground_on_terminal() -> bool:
         return False
 
 
+def _option_value(argv: list[str], what: str) -> tuple[str, list[str]]:
+    """The value of the option argv[0] (``--opt VALUE`` or ``--opt=VALUE``)
+    and the arguments after it."""
+    name, eq, value = argv[0].partition("=")
+    if eq:
+        return value, argv[1:]
+    if len(argv) < 2:
+        fail(f"{name} needs {what}")
+    return argv[1], argv[2:]
+
+
 def record(argv: list[str]) -> int:
     output: str | None = None
     view = False
     subbuf: int | None = None
     num_subbuf = NUM_SUBBUF
     all_processes = False
-    max_size = DEFAULT_MAX_SIZE
+    max_size: int | None = None
+    flight = False
+    buffer: int | None = None
+    exc_types: list[str] = []
     while argv:
         arg = argv[0]
-        if arg in ("-o", "--output"):
-            if len(argv) < 2:
-                fail(f"{arg} needs a folder")
-            output, argv = argv[1], argv[2:]
-        elif arg.startswith("--output="):
-            output, argv = arg.split("=", 1)[1], argv[1:]
+        name = arg.partition("=")[0] if arg.startswith("--") else arg
+        if name in ("-o", "--output"):
+            output, argv = _option_value(argv, "a folder")
         elif arg == "--view":
             view, argv = True, argv[1:]
         elif arg == "--all-processes":
             all_processes, argv = True, argv[1:]
-        elif arg == "--max-size" or arg.startswith("--max-size="):
-            if "=" in arg:
-                value, argv = arg.split("=", 1)[1], argv[1:]
-            elif len(argv) < 2:
-                fail(f"{arg} needs a size (e.g. 500M, 2G; 0: no limit)")
-            else:
-                value, argv = argv[1], argv[2:]
+        elif name == "--max-size":
+            value, argv = _option_value(argv, "a size (e.g. 500M, 2G; 0: no limit)")
             max_size = parse_max_size(value)
-        elif arg in ("--subbuf-size", "--num-subbuf"):
-            if len(argv) < 2:
-                fail(f"{arg} needs a value")
-            value = parse_size(argv[1]) if arg == "--subbuf-size" else parse_count(argv[1])
-            if arg == "--subbuf-size":
-                subbuf = value
-            else:
-                num_subbuf = value
-            argv = argv[2:]
+        elif arg == "--flight-recorder":
+            flight, argv = True, argv[1:]
+        elif name == "--buffer":
+            value, argv = _option_value(argv, "a size (e.g. 64M)")
+            buffer = parse_max_size(value)
+        elif name == "--snapshot-on":
+            value, argv = _option_value(argv, "an exception type (e.g. ValueError)")
+            exc_types.append(parse_exception_type(value))
+        elif name == "--subbuf-size":
+            value, argv = _option_value(argv, "a value")
+            subbuf = parse_size(value)
+        elif name == "--num-subbuf":
+            value, argv = _option_value(argv, "a value")
+            num_subbuf = parse_count(value)
         elif arg == "--":
             argv = argv[1:]
             break
@@ -607,11 +808,22 @@ def record(argv: list[str]) -> int:
             fail(f"unknown option for record: {arg}")
         else:
             break
+    if not flight and (buffer is not None or exc_types):
+        fail(f"{'--buffer' if buffer is not None else '--snapshot-on'} needs --flight-recorder")
+    if flight and max_size is not None:
+        fail("--max-size is for traces written as they run; a flight recorder's size is --buffer")
+    if flight and subbuf is not None:
+        fail("--subbuf-size does not go with --flight-recorder: --buffer sets it")
     limits: list[str] = []
     channel_subbuf = subbuf or subbuf_size()
-    if max_size:
-        channel_subbuf, tracefile = size_limits(max_size, subbuf)
-        limits = [f"--tracefile-size={tracefile}", f"--tracefile-count={TRACEFILES_PER_STREAM}"]
+    if flight:
+        channel_subbuf = flight_buffer(buffer, num_subbuf)
+    else:
+        if max_size is None:
+            max_size = DEFAULT_MAX_SIZE
+        if max_size:
+            channel_subbuf, tracefile = size_limits(max_size, subbuf)
+            limits = [f"--tracefile-size={tracefile}", f"--tracefile-count={TRACEFILES_PER_STREAM}"]
     target = parse_target(argv)
     if target.script is not None and not os.path.isfile(target.script):
         fail(f"cannot open script {target.script!r}: no such file")
@@ -643,6 +855,8 @@ def record(argv: list[str]) -> int:
     received: list[int] = []
     child: subprocess.Popen[bytes] | None = None
     tracker: Tracker | None = None
+    recorder: FlightRecorder | None = None
+    old_usr1 = signal.getsignal(signal.SIGUSR1)
 
     def on_stop_signal(signum: int, _frame: object) -> None:
         received.append(signum)
@@ -654,8 +868,29 @@ def record(argv: list[str]) -> int:
     for sig in stop_signals:
         signal.signal(sig, on_stop_signal)
     try:
-        _check(_run_lttng(lttng, "create", session, f"--output={output}"), "create")
-        created = True
+        if flight:
+            try:
+                os.makedirs(output, exist_ok=True)
+            except OSError as exc:
+                fail(f"cannot make the output folder {output}: {exc.strerror}")
+            recorder = FlightRecorder(lttng, session, output, exc_types)
+            _check(_run_lttng(lttng, "create", session, "--snapshot", "--no-output"), "create")
+            created = True
+            _check(
+                _run_lttng(
+                    lttng,
+                    "snapshot",
+                    "add-output",
+                    f"--session={session}",
+                    f"--name={recorder.output_name}",
+                    output,
+                ),
+                "snapshot add-output",
+            )
+            signal.signal(signal.SIGUSR1, lambda _signum, _frame: recorder.request())
+        else:
+            _check(_run_lttng(lttng, "create", session, f"--output={output}"), "create")
+            created = True
         _check(
             _run_lttng(
                 lttng,
@@ -693,7 +928,12 @@ def record(argv: list[str]) -> int:
             ),
             "add-context",
         )
-        env = None
+        env = dict(os.environ)
+        if recorder is not None:
+            # SIGUSR1 to the program comes here (see run_traced).
+            env[SNAPSHOT_ENV] = str(os.getpid())
+            if all_processes:
+                recorder.watch(None)
         if not all_processes:
             # No process is recorded until the tracker lets it in.
             _check(
@@ -703,11 +943,13 @@ def record(argv: list[str]) -> int:
                 "untrack",
             )
             try:
-                tracker = Tracker(lttng, session)
+                tracker = Tracker(lttng, session, recorder.watch if recorder else None)
             except OSError as exc:
                 fail(f"cannot make record's control socket: {exc}")
-            env = {**os.environ, RECORD_ENV: tracker.path}
+            env[RECORD_ENV] = tracker.path
         _check(_run_lttng(lttng, "start", session), "start")
+        if recorder is not None:
+            recorder.start()
         if received:  # stopped while the session was being set up
             status = 128 + received[0]
         else:
@@ -724,13 +966,20 @@ def record(argv: list[str]) -> int:
         # must not leave the session behind.
         for sig in stop_signals:
             signal.signal(sig, signal.SIG_IGN)
+        if recorder is not None:
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+            recorder.close()
         if tracker is not None:
             tracker.close()
             if tracker.refused:
                 _say(f"pyust: {tracker.refused} process(es) of the program could not be recorded")
         if created:
             _run_lttng(lttng, "stop", session)
-            lost = discarded_events(lttng, session)
+            lost = discarded_events(lttng, session) if recorder is None else 0
+            if recorder is not None:
+                problem = recorder.snapshot("exit")
+                if problem:
+                    _say(f"pyust: no snapshot at exit: {problem}")
             _run_lttng(lttng, "destroy", session)
             if lost:
                 _say(f"pyust: LTTng discarded {lost} events (ring buffers full)")
@@ -744,10 +993,18 @@ def record(argv: list[str]) -> int:
                     )
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
+        signal.signal(signal.SIGUSR1, old_usr1)
     if not os.path.isdir(output):
         # LTTng's consumer went on writing into files that are gone; the
         # program ran all the same.
         _say(f"pyust: no trace: the folder {output} was removed during the run")
+        return status
+    if recorder is not None:
+        snapshots = recorder.folders()
+        if view and snapshots and signal.SIGHUP not in received:
+            sys.stdout.flush()
+            show(snapshots[-1])
+        _say(f"pyust: {len(snapshots)} snapshot(s) in {output}")
         return status
     if view and signal.SIGHUP not in received:  # no terminal to show it on
         sys.stdout.flush()

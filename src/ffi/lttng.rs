@@ -30,6 +30,7 @@ mod raw {
         pub fn pyust_tp_before_fork();
         pub fn pyust_tp_after_fork_parent();
         pub fn pyust_tp_after_fork_child();
+        pub fn pyust_forward_sigusr1(pid: c_int) -> c_int;
     }
 }
 
@@ -121,4 +122,13 @@ pub fn after_fork_parent() {
 pub fn after_fork_child() {
     // SAFETY: called in the child right after a fork that `before_fork` preceded.
     unsafe { raw::pyust_tp_after_fork_child() }
+}
+
+/// `record --flight-recorder`: SIGUSR1 received by this process is passed
+/// on to `pid` (record), which takes a snapshot. False if the handler
+/// could not be installed.
+pub fn forward_sigusr1(pid: i32) -> bool {
+    // SAFETY: installs a signal handler that only calls kill(); the pid it
+    // reads is a sig_atomic_t set before the handler is installed.
+    unsafe { raw::pyust_forward_sigusr1(pid) == 0 }
 }

@@ -13,7 +13,10 @@
 #include "proto_tp.h" /* the prototype's provider, for the benchmark */
 #endif
 
+#include <errno.h>
 #include <signal.h>
+#include <string.h>
+#include <sys/types.h>
 #include <lttng/ust-fork.h>
 
 /*
@@ -96,4 +99,34 @@ void pyust_tp_after_fork_parent(void)
 void pyust_tp_after_fork_child(void)
 {
 	lttng_ust_after_fork_child(&pyust_fork_sigset);
+}
+
+/*
+ * `pyust record --flight-recorder`: SIGUSR1 sent to the traced program asks
+ * record (process `pid`) for a snapshot. The handler only passes the signal
+ * on (kill() is async-signal-safe), so it works whatever the program is
+ * doing, even deep in C code, and runs no Python code that would show in
+ * the trace. A handler the program installs later replaces it.
+ */
+static volatile sig_atomic_t pyust_snapshot_pid;
+
+static void pyust_pass_snapshot_signal(int sig)
+{
+	int saved = errno;
+
+	if (pyust_snapshot_pid > 0)
+		kill((pid_t) pyust_snapshot_pid, sig);
+	errno = saved;
+}
+
+int pyust_forward_sigusr1(int pid)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = pyust_pass_snapshot_signal;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	pyust_snapshot_pid = pid;
+	return sigaction(SIGUSR1, &sa, NULL);
 }
