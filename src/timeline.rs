@@ -397,6 +397,13 @@ mod field {
     pub const TRACK_EVENT: u32 = 11;
     pub const INTERNED_DATA: u32 = 12;
     pub const SEQUENCE_FLAGS: u32 = 13;
+    pub const CLOCK_SNAPSHOT: u32 = 6;
+    pub const TIMESTAMP_CLOCK_ID: u32 = 58; // also TracePacketDefaults'
+                                            // ClockSnapshot.clocks, and its Clock
+    pub const CLOCKS: u32 = 1;
+    pub const CLOCK_ID: u32 = 1;
+    pub const CLOCK_TIMESTAMP: u32 = 2;
+    pub const CLOCK_INCREMENTAL: u32 = 3;
     pub const PACKET_DEFAULTS: u32 = 59; // trace_packet_defaults
     pub const TRACK_DESCRIPTOR: u32 = 60;
     // TracePacketDefaults.track_event_defaults, TrackEventDefaults.track_uuid
@@ -437,7 +444,11 @@ const SLICE_BEGIN: u64 = 1;
 const SLICE_END: u64 = 2;
 const INSTANT: u64 = 3;
 const SEQ_INCREMENTAL_STATE_CLEARED: u64 = 1;
-const SEQ_NEEDS_INCREMENTAL_STATE: u64 = 2;
+/// The trace's clock (Perfetto's default: boot time; here LTTng's clock).
+const CLOCK_TRACE: u64 = 6;
+/// A clock of the sequence's own whose timestamps are deltas from the
+/// previous packet's (ids 64 and up are per sequence).
+const CLOCK_DELTA: u64 = 64;
 const CATEGORIES: [&str; 3] = ["python", "c", "exception"];
 /// Exception names are interned above the functions' ids.
 const EXC_IIDS: u64 = 1 << 32;
@@ -480,13 +491,17 @@ impl Msg {
 /// One thread's packet sequence: its track and what it has interned.
 struct Sequence {
     id: u32,
+    /// The time of its last packet on the delta clock.
+    last: i64,
     names: std::collections::HashSet<u64>,
 }
 
 /// The protobuf trace: one packet sequence per thread (the shape
 /// Perfetto's own SDK writes), its track as the sequence's default
 /// track, function names, categories and source locations interned per
-/// sequence, absolute timestamps on LTTng's clock.
+/// sequence, timestamps as deltas from the sequence's previous packet
+/// (each thread's slices come in time order), exceptions at absolute
+/// times on LTTng's clock.
 struct Proto {
     path: PathBuf,
     out: BufWriter<File>,
@@ -523,18 +538,33 @@ impl Proto {
         while self.sequences.len() <= t.key as usize {
             self.sequences.push(Sequence {
                 id: 0,
+                last: 0,
                 names: Default::default(),
             });
         }
         self.sequences[t.key as usize] = Sequence {
             id,
+            last: ns,
             names: Default::default(),
         };
-        // The process (once per pid), on the new sequence's first packet.
+        // The sequence's state: its clock, categories, default track.
         let mut p = Msg::default();
         p.uint(field::TIMESTAMP, ns as u64);
+        p.uint(field::TIMESTAMP_CLOCK_ID, CLOCK_TRACE);
         p.uint(field::SEQUENCE_ID, id.into());
         p.uint(field::SEQUENCE_FLAGS, SEQ_INCREMENTAL_STATE_CLEARED);
+        // The delta clock starts at `ns`.
+        let mut snapshot = Msg::default();
+        for (clock, incremental) in [(CLOCK_TRACE, false), (CLOCK_DELTA, true)] {
+            let mut c = Msg::default();
+            c.uint(field::CLOCK_ID, clock);
+            c.uint(field::CLOCK_TIMESTAMP, ns as u64);
+            if incremental {
+                c.uint(field::CLOCK_INCREMENTAL, 1);
+            }
+            snapshot.msg(field::CLOCKS, &c);
+        }
+        p.msg(field::CLOCK_SNAPSHOT, &snapshot);
         let mut interned = Msg::default();
         for (i, name) in CATEGORIES.iter().enumerate() {
             let mut c = Msg::default();
@@ -544,10 +574,14 @@ impl Proto {
         }
         p.msg(field::INTERNED_DATA, &interned);
         let mut defaults = Msg::default();
+        defaults.uint(field::TIMESTAMP_CLOCK_ID, CLOCK_DELTA);
         let mut track_defaults = Msg::default();
         track_defaults.uint(field::DEFAULT_TRACK_UUID, uuid);
         defaults.msg(field::TRACK_EVENT_DEFAULTS, &track_defaults);
         p.msg(field::PACKET_DEFAULTS, &defaults);
+        self.packet(&p)?;
+        // Then the tracks: one descriptor per packet (the packet's payload
+        // is a oneof).
         if first {
             let mut process = Msg::default();
             process.int(field::PID, t.pid);
@@ -555,9 +589,12 @@ impl Proto {
             let mut track = Msg::default();
             track.uint(field::UUID, uuid ^ 0x0100_0000_0000_0000);
             track.msg(field::PROCESS, &process);
+            let mut p = Msg::default();
+            p.uint(field::TIMESTAMP, 0);
+            p.uint(field::SEQUENCE_ID, id.into());
             p.msg(field::TRACK_DESCRIPTOR, &track);
+            self.packet(&p)?;
         }
-        self.packet(&p)?;
         let mut thread = Msg::default();
         thread.int(field::PID, t.pid);
         thread.int(field::TID, t.tid);
@@ -566,7 +603,7 @@ impl Proto {
         track.uint(field::UUID, uuid);
         track.msg(field::THREAD, &thread);
         let mut p = Msg::default();
-        p.uint(field::TIMESTAMP, ns as u64);
+        p.uint(field::TIMESTAMP, 0);
         p.uint(field::SEQUENCE_ID, id.into());
         p.msg(field::TRACK_DESCRIPTOR, &track);
         self.packet(&p)
@@ -574,17 +611,25 @@ impl Proto {
 
     /// A packet of `track`'s sequence at `ns` carrying `event`, with the
     /// interned data it needs for the first time.
+    /// On the delta clock unless `absolute` (or time went back).
     fn event(
         &mut self,
         track: u32,
         ns: i64,
         event: &Msg,
         interned: Option<&Msg>,
+        absolute: bool,
     ) -> Result<(), String> {
+        let seq = &mut self.sequences[track as usize];
         let mut p = Msg::default();
-        p.uint(field::TIMESTAMP, ns as u64);
-        p.uint(field::SEQUENCE_ID, self.sequences[track as usize].id.into());
-        p.uint(field::SEQUENCE_FLAGS, SEQ_NEEDS_INCREMENTAL_STATE);
+        if absolute || ns < seq.last {
+            p.uint(field::TIMESTAMP, ns as u64);
+            p.uint(field::TIMESTAMP_CLOCK_ID, CLOCK_TRACE);
+        } else {
+            p.uint(field::TIMESTAMP, (ns - seq.last) as u64);
+            seq.last = ns;
+        }
+        p.uint(field::SEQUENCE_ID, seq.id.into());
         if let Some(i) = interned {
             p.msg(field::INTERNED_DATA, i);
         }
@@ -619,13 +664,13 @@ impl Proto {
         if !s.c {
             e.uint(field::SOURCE_LOCATION_IID, iid);
         }
-        self.event(track, ns, &e, interned.as_ref())
+        self.event(track, ns, &e, interned.as_ref(), false)
     }
 
     fn end(&mut self, track: u32, ns: i64) -> Result<(), String> {
         let mut e = Msg::default();
         e.uint(field::TYPE, SLICE_END);
-        self.event(track, ns, &e, None)
+        self.event(track, ns, &e, None, false)
     }
 
     fn instant(
@@ -661,7 +706,9 @@ impl Proto {
             }
             e.msg(field::DEBUG_ANNOTATIONS, &a);
         }
-        self.event(track, ns, &e, interned.as_ref())
+        // Absolute: with --min-duration, a slice begun before it may
+        // still be written after it.
+        self.event(track, ns, &e, interned.as_ref(), true)
     }
 
     fn finish(mut self) -> Result<(), String> {

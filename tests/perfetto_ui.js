@@ -61,7 +61,9 @@ async function main() {
           const row = {};
           for (const c of cols) {
             const v = it.get(c);
-            row[c] = typeof v === 'bigint' ? Number(v) : v;
+            // Nanoseconds since the epoch do not fit a double: as text.
+            row[c] = typeof v !== 'bigint' ? v
+              : Number.isSafeInteger(Number(v)) ? Number(v) : v.toString();
           }
           out.push(row);
         }
@@ -72,7 +74,8 @@ async function main() {
             process.name as process from thread left join process using (upid)
             where tid != 0 order by tid`),
         slices: await rows(`select slice.name as name, thread.tid as tid, count(*) as count,
-            sum(dur = 0) as instants, max(depth) as depth from slice
+            sum(dur = 0) as instants, max(depth) as depth, min(dur) as min_dur,
+            max(dur) as max_dur, min(ts) as first_ts from slice
             join thread_track on slice.track_id = thread_track.id
             join thread using (utid) group by 1, 2 order by 1, 2`),
         errors: await rows(`select name, idx, severity, source, value from stats

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -125,6 +126,16 @@ def ui_slices(ui: dict[str, list[dict[str, object]]]) -> Counter[tuple[str, int]
     )
 
 
+def first_event_ns(trace: Path) -> int:
+    """The trace's first python event, in ns since the epoch."""
+    text = subprocess.run(
+        ["babeltrace2", "--clock-seconds", str(trace)], capture_output=True, text=True, check=True
+    ).stdout
+    seconds = re.match(r"\[(\d+)\.(\d{9})\]", text)
+    assert seconds, text[:200]
+    return int(seconds[1]) * 10**9 + int(seconds[2])
+
+
 def report(trace: Path, *args: str) -> None:
     proc = run_python("-m", "pyust", "report", str(trace), *args)
     assert proc.returncode == 0, proc.stderr
@@ -157,6 +168,12 @@ def test_protobuf_timeline_loads_in_the_perfetto_ui(
     depth = {(s["name"], s["tid"]): s["depth"] for s in ui["slices"]}
     assert depth[("__main__.nap", main["tid"])] == 1
     assert depth[("__main__.nap", worker["tid"])] == depth[("__main__.worker", worker["tid"])] + 1
+    # At the times recorded: each nap slept its 2 ms; the first slice
+    # starts at the trace's first event (LTTng's clock, in ns).
+    naps = [s for s in ui["slices"] if s["name"] == "time.sleep"]
+    assert naps and all(2_000_000 <= int(s["min_dur"]) <= int(s["max_dur"]) < 10**9 for s in naps)  # type: ignore[call-overload]
+    first_ns = min(int(s["first_ts"]) for s in ui["slices"])  # type: ignore[call-overload]
+    assert first_ns == first_event_ns(trace)
 
 
 def test_json_timeline_loads_in_the_perfetto_ui(

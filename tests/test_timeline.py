@@ -97,13 +97,26 @@ def read_pftrace(path: Path) -> Timeline:
     cats: dict[int, dict[int, str]] = {}
     places: dict[int, dict[int, tuple[str, int]]] = {}
     default_track: dict[int, int] = {}
+    default_clock: dict[int, int] = {}
+    delta_clocks: dict[int, dict[int, int]] = {}  # incremental clocks' last values
     for packet in trace.packet:
         seq = packet.trusted_packet_sequence_id
         assert seq, "every packet names its sequence"
         if packet.sequence_flags & 1:  # SEQ_INCREMENTAL_STATE_CLEARED
             names[seq], cats[seq], places[seq] = {}, {}, {}
         if packet.HasField("trace_packet_defaults"):
-            default_track[seq] = packet.trace_packet_defaults.track_event_defaults.track_uuid
+            defaults = packet.trace_packet_defaults
+            default_track[seq] = defaults.track_event_defaults.track_uuid
+            default_clock[seq] = defaults.timestamp_clock_id
+        if packet.HasField("clock_snapshot"):
+            delta_clocks[seq] = {
+                c.clock_id: c.timestamp for c in packet.clock_snapshot.clocks if c.is_incremental
+            }
+        clock = packet.timestamp_clock_id or default_clock.get(seq, 0)
+        timestamp = packet.timestamp
+        if clock in delta_clocks.get(seq, {}):
+            delta_clocks[seq][clock] += packet.timestamp
+            timestamp = delta_clocks[seq][clock]
         if packet.HasField("interned_data"):
             data = packet.interned_data
             names[seq].update({n.iid: n.name for n in data.event_names})
@@ -120,7 +133,7 @@ def read_pftrace(path: Path) -> Timeline:
             uuid = e.track_uuid or default_track[seq]
             kind = {e.TYPE_SLICE_BEGIN: "B", e.TYPE_SLICE_END: "E", e.TYPE_INSTANT: "i"}[e.type]
             name = names[seq][e.name_iid] if kind != "E" else ""
-            tracks[uuid].slices.append((packet.timestamp, kind, name))
+            tracks[uuid].slices.append((timestamp, kind, name))
             for iid in e.category_iids:
                 categories[cats[seq][iid]] += 1
             if e.source_location_iid:
