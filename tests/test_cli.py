@@ -14,6 +14,7 @@ import pytest
 from conftest import (
     SCENARIOS,
     Session,
+    Terminal,
     babeltrace,
     check_nesting,
     check_no_pyust_frames,
@@ -433,66 +434,6 @@ SLEEPER = (
     "print('ready', flush=True)\n"
     "nap()\n"
 )
-
-
-class Terminal:
-    """`pyust record` run as a person runs it: in the foreground of a real
-    pseudo-terminal whose session it leads (as a login shell's job)."""
-
-    def __init__(self, argv: list[str]) -> None:
-        import fcntl
-        import pty
-        import termios
-
-        self.master, slave = pty.openpty()
-
-        def take_terminal() -> None:  # in the child, after setsid()
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            start_new_session=True,
-            preexec_fn=take_terminal,
-        )
-        os.close(slave)
-        self.output = b""
-
-    def read_until(self, text: bytes, timeout: float = 60) -> None:
-        import select
-
-        deadline = time.monotonic() + timeout
-        while text not in self.output:
-            left = deadline - time.monotonic()
-            assert left > 0, f"no {text!r} on the terminal: {self.output!r}"
-            ready, _, _ = select.select([self.master], [], [], left)
-            if ready:
-                try:
-                    chunk = os.read(self.master, 4096)
-                except OSError:  # EIO: every slave side is closed
-                    chunk = b""
-                assert chunk, f"terminal closed before {text!r}: {self.output!r}"
-                self.output += chunk
-
-    def finish(self, timeout: float = 60) -> int:
-        """Reads the terminal until the program ends; its exit status."""
-        import select
-
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None or select.select([self.master], [], [], 0)[0]:
-            assert time.monotonic() < deadline, f"still running: {self.output!r}"
-            if select.select([self.master], [], [], 0.1)[0]:
-                try:
-                    chunk = os.read(self.master, 4096)
-                except OSError:
-                    chunk = b""
-                if not chunk and self.proc.poll() is not None:
-                    break
-                self.output += chunk
-        os.close(self.master)
-        return self.proc.wait(timeout=timeout)
 
 
 def _record_sleeper_on_terminal(tmp_path: Path) -> tuple[Terminal, Path]:

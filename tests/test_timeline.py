@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import run_python, write_script
+from conftest import Terminal, run_python, write_script
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 PROGRAM = """\
@@ -313,3 +314,18 @@ def test_bad_limits_are_one_line(
     proc = run_python("-m", "pyust", "report", str(trace), *args, cwd=tmp)
     assert proc.returncode == 2, proc
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("pyust: ")
+
+
+def test_progress_only_on_a_terminal(sessiond: None, tmp_path: Path) -> None:
+    trace = record(
+        tmp_path, "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\nfib(25)\n"
+    )
+    term = Terminal([sys.executable, "-m", "pyust", "report", str(trace), "--limit", "1"])
+    assert term.finish() == 0, term.output
+    # Events, rate and share of the trace's bytes, redrawn in place, then
+    # cleared before the table.
+    assert re.search(rb"pyust report: \d+\.\d M events, \d+\.\d\d M/s \[.*\] +\d+% of", term.output)
+    assert b"__main__.fib" in term.output.split(b"M events")[-1]
+    piped = run_python("-m", "pyust", "report", str(trace), "--limit", "1")
+    assert piped.returncode == 0 and piped.stderr == ""
+    assert "M events" not in piped.stdout
