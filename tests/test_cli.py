@@ -346,6 +346,49 @@ def test_record_output_folder_removed_mid_run(sessiond: None, tmp_path: Path) ->
     assert pyust_sessions() == []
 
 
+def test_record_stops_before_the_disk_is_full(sessiond: None, tmp_path: Path) -> None:
+    # A 128 MiB file system of its own (tmpfs: root with CAP_SYS_ADMIN) for
+    # a program that would write about 250 MB of trace, fast.
+    disk = tmp_path / "small"
+    disk.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {mount.stderr.strip()}")
+    try:
+        script = write_script(
+            tmp_path,
+            "busy.py",
+            "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
+            "fib(30)\nprint('finished')\n",
+        )
+        out_dir = disk / "t"
+        proc = run_python(
+            "-m", "pyust", "record", "-o", str(out_dir), "--max-size", "0",
+            "--subbuf-size", "256k", "--num-subbuf", "4", str(script),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "finished\n"  # the program ran to its end
+        stopped = [line for line in proc.stderr.splitlines() if "almost full" in line]
+        assert len(stopped) == 1, proc.stderr
+        assert stopped[0].startswith(f"pyust: the disk holding {out_dir} was almost full (")
+        assert stopped[0].endswith("; the program ran on untraced")
+        assert os.statvfs(disk).f_bavail > 0, proc.stderr
+        # What was recorded is a whole trace: readable, each call returned
+        # up to where recording stopped.
+        report = run_python("-m", "pyust", "report", str(out_dir), "--limit", "1")
+        assert report.returncode == 0, report.stderr
+        assert "without a call" not in report.stdout
+        (row,) = [line.split() for line in report.stdout.splitlines() if "__main__.fib" in line]
+        assert int(row[0]) > 10_000
+        assert pyust_sessions() == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 def test_record_default_folder(sessiond: None, tmp_path: Path) -> None:
     proc = run_python("-m", "pyust", "record", str(SCENARIOS / "foo.py"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import types
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -634,6 +635,62 @@ class Tracker:
         )
 
 
+class DiskWatch:
+    """Stops the recording before the trace's disk is full.
+
+    LTTng's consumer writing into a full disk leaves a trace nothing can
+    read (its metadata may never be written). So while the program runs,
+    this thread looks at the free space of the output's file system every
+    50 ms; when what is left is less than `margin` (room for the ring
+    buffers' flush and the metadata) plus four times what the last
+    interval took (a fast disk fills by hundreds of MB per second), it
+    stops the session (`lttng stop`): the trace ends there, complete, and
+    the program runs on untraced.
+    """
+
+    INTERVAL = 0.05
+
+    def __init__(self, lttng: str, session: str, output: str, margin: int) -> None:
+        self.lttng = lttng
+        self.session = session
+        self.output = output
+        self.margin = margin
+        self.stopped_at: float | None = None
+        self.free_then = 0
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="pyust-disk", daemon=True)
+        self.thread.start()
+
+    def free(self) -> int | None:
+        path = self.output
+        while not os.path.exists(path) and os.path.dirname(path) != path:
+            path = os.path.dirname(path)
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def _serve(self) -> None:
+        last = self.free()
+        while not self.done.wait(self.INTERVAL):
+            free = self.free()
+            if free is None or last is None:
+                last = free
+                continue
+            taken, last = max(last - free, 0), free
+            if free < self.margin + 4 * taken:
+                self.stopped_at = time.monotonic() - self.started
+                self.free_then = free
+                _run_lttng(self.lttng, "stop", self.session)
+                return
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=30)
+
+
 class FlightRecorder:
     """`record --flight-recorder`'s snapshots.
 
@@ -868,6 +925,7 @@ def record(argv: list[str]) -> int:
     child: subprocess.Popen[bytes] | None = None
     tracker: Tracker | None = None
     recorder: FlightRecorder | None = None
+    watch: DiskWatch | None = None
     old_usr1 = signal.getsignal(signal.SIGUSR1)
 
     def on_stop_signal(signum: int, _frame: object) -> None:
@@ -962,6 +1020,10 @@ def record(argv: list[str]) -> int:
         _check(_run_lttng(lttng, "start", session), "start")
         if recorder is not None:
             recorder.start()
+        else:
+            # Room for every ring buffer's flush, and the metadata.
+            ring = possible_cpus() * num_subbuf * channel_subbuf
+            watch = DiskWatch(lttng, session, output, ring + (16 << 20))
         if received:  # stopped while the session was being set up
             status = 128 + received[0]
         else:
@@ -981,6 +1043,8 @@ def record(argv: list[str]) -> int:
         if recorder is not None:
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
             recorder.close()
+        if watch is not None:
+            watch.close()
         if tracker is not None:
             tracker.close()
             if tracker.refused:
@@ -995,6 +1059,17 @@ def record(argv: list[str]) -> int:
             _run_lttng(lttng, "destroy", session)
             if lost:
                 _say(f"pyust: LTTng discarded {lost} events (ring buffers full)")
+            if watch is not None and watch.free() == 0:
+                _say(
+                    f"pyust: the disk holding {output} filled up during the run: the "
+                    "trace may be cut short or unreadable; the program ran on"
+                )
+            elif watch is not None and watch.stopped_at is not None:
+                _say(
+                    f"pyust: the disk holding {output} was almost full "
+                    f"({human_size(watch.free_then)} free): recording stopped "
+                    f"{watch.stopped_at:.1f} s into the run; the program ran on untraced"
+                )
             if max_size:
                 gone, gone_bytes, kept = dropped_data(output)
                 if gone:
