@@ -6,6 +6,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod control;
+mod ctf;
 mod ffi;
 mod hook;
 #[cfg(Py_3_12)]

@@ -291,7 +291,7 @@ fn run(
     };
     let mut seen = 0u64;
     let mut progress = Progress::new(trace);
-    bt2::read(trace, &mut |message| {
+    let mut each = |message: Message<'_>| {
         seen += 1;
         if seen % (1 << 16) == 0 {
             tick()?;
@@ -300,7 +300,22 @@ fn run(
             }
         }
         analysis.message(message)
-    })?;
+    };
+    // LTTng-UST's traces through pyust's own reader, anything it does not
+    // understand through libbabeltrace2. PYUST_REPORT_READER=babeltrace2
+    // or =pyust picks one (the latter fails where it cannot read).
+    let choice = std::env::var("PYUST_REPORT_READER").unwrap_or_default();
+    if choice == "babeltrace2" {
+        bt2::read(trace, &mut each)?;
+    } else if let Some(why) = crate::ctf::read(trace, &mut each)? {
+        if choice == "pyust" {
+            return Err(format!(
+                "pyust's trace reader cannot read {}: {why}",
+                trace.display()
+            ));
+        }
+        bt2::read(trace, &mut each)?;
+    }
     drop(progress);
     analysis.finish()?;
     let table = analysis.table(trace);
@@ -440,6 +455,9 @@ impl Analysis<'_> {
     fn message(&mut self, message: Message<'_>) -> Result<(), String> {
         match message {
             Message::Event(ev) => self.event(&ev),
+            // babeltrace2 says "0 discarded" at a stream's first packet
+            // when older packets are gone (--max-size): nothing was lost.
+            Message::Discarded(d) if d.count == 0 => Ok(()),
             Message::Discarded(d) => {
                 self.lost(&d)?;
                 self.discarded.push(d);

@@ -73,6 +73,21 @@ def main() -> None:
     readers = {
         "babeltrace2 TRACE > /dev/null": [babeltrace, trace],
         "pyust report TRACE": [*pyust, "report", trace],
+        # The same report through libbabeltrace2 instead of pyust's reader.
+        "PYUST_REPORT_READER=babeltrace2 pyust report TRACE": [
+            "env",
+            "PYUST_REPORT_READER=babeltrace2",
+            *pyust,
+            "report",
+            trace,
+        ],
+        "pyust report TRACE --perfetto P": [
+            *pyust,
+            "report",
+            trace,
+            "--perfetto",
+            os.path.join(workdir, "timeline.pftrace"),
+        ],
         "pyust report TRACE --folded F --flamegraph SVG": [
             *pyust,
             "report",

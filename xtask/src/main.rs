@@ -39,6 +39,12 @@ tasks:
                     how fast `pyust report` reads a trace of fib(N) (default
                     32: 14 million events) beside `babeltrace2 TRACE >
                     /dev/null` on the same trace: events/s, peak memory
+  bench-real [--python PYTHON] [--no-unbounded]
+                    a real program: the pinned more-itertools test suite
+                    (sdist from PyPI, fetched once) untraced, under
+                    cProfile, VizTracer, pyust idle, pyust record (default
+                    cap, --max-size 0, --flight-recorder), then pyust
+                    report on the trace: wall-clock ratios, bytes on disk
   pytest [--python PYTHON | --container | --free-threaded]
                     build pyust into a virtualenv of PYTHON (default
                     python3) and run the pytest suites; --container: for
@@ -107,6 +113,38 @@ fn run() -> Result<()> {
             xshell::cmd!(
                 sh,
                 "{venv_python} xtask/bench/report_bench.py {workdir} {rounds} {fib}"
+            )
+            .run()?;
+            Ok(())
+        }
+        "bench-real" => {
+            let mut python = "python3".to_owned();
+            let mut unbounded = true;
+            let mut args = rest.iter();
+            while let Some(arg) = args.next() {
+                match arg.as_str() {
+                    "--python" => python = args.next().context("--python needs a value")?.clone(),
+                    "--no-unbounded" => unbounded = false,
+                    other => bail!("unknown bench-real option {other:?}"),
+                }
+            }
+            common::ensure_sessiond(&sh)?;
+            let venv_python = common::python_env(&sh, &python)?;
+            xshell::cmd!(
+                sh,
+                "{venv_python} -m pip install --quiet --disable-pip-version-check viztracer"
+            )
+            .run()?;
+            let workdir = common::target_dir(&sh).join("real-bench");
+            let cache = freethreaded::cache_dir().join("real-bench");
+            let flag = if unbounded {
+                None
+            } else {
+                Some("--no-unbounded")
+            };
+            xshell::cmd!(
+                sh,
+                "{venv_python} xtask/bench/real_bench.py {workdir} {cache} {flag...}"
             )
             .run()?;
             Ok(())

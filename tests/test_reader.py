@@ -1,0 +1,192 @@
+"""`pyust report` reads LTTng-UST's traces with a CTF reader of its own
+(src/ctf.rs), and anything else through libbabeltrace2: on every kind of
+trace pyust makes, both readers must give the same table, folded stacks
+and timeline, byte for byte (PYUST_REPORT_READER picks one)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import lttng, run_python, write_script
+
+PROGRAM = """\
+import threading
+
+
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+
+def check(text):
+    try:
+        return int(text)
+    except ValueError:
+        return -1
+
+
+def worker():
+    for _ in range(50):
+        fib(8)
+        sorted(range(10))
+
+
+threads = [threading.Thread(target=worker) for _ in range(3)]
+for t in threads:
+    t.start()
+for _ in range(20):
+    check("x")
+    fib(10)
+for t in threads:
+    t.join()
+"""
+
+POOL = """\
+import multiprocessing as mp
+
+
+def square(n):
+    return n * n
+
+
+if __name__ == "__main__":
+    with mp.get_context("fork").Pool(2) as pool:
+        print(sum(pool.map(square, range(20), chunksize=1)))
+        pool.close()
+        pool.join()
+"""
+
+FIB = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\nfib({n})\n"
+
+
+def record(tmp_path: Path, name: str, source: str, *args: str) -> Path:
+    script = write_script(tmp_path, f"{name}.py", source)
+    out = tmp_path / name
+    proc = run_python("-m", "pyust", "record", "-o", str(out), *args, str(script))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def report(trace: Path, reader: str, tmp_path: Path) -> tuple[str, bytes, bytes]:
+    """The table, folded stacks and JSON timeline as `reader` reads them."""
+    folded = tmp_path / f"{reader}.folded"
+    timeline = tmp_path / f"{reader}.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyust", "report", str(trace), "--limit", "0",
+         "--folded", str(folded), "--perfetto-json", str(timeline)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYUST_REPORT_READER": reader},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, folded.read_bytes(), timeline.read_bytes()
+
+
+def same_from_both_readers(trace: Path, tmp_path: Path) -> str:
+    ours = report(trace, "pyust", tmp_path)
+    theirs = report(trace, "babeltrace2", tmp_path)
+    assert ours[0] == theirs[0]
+    assert ours[1] == theirs[1]
+    assert ours[2] == theirs[2]
+    return ours[0]
+
+
+def test_threads_exceptions_and_c_calls(sessiond: None, tmp_path: Path) -> None:
+    table = same_from_both_readers(record(tmp_path, "threads", PROGRAM), tmp_path)
+    assert "4 thread(s)" in table and "builtins.sorted (C)" in table
+
+
+def test_forked_processes(sessiond: None, tmp_path: Path) -> None:
+    table = same_from_both_readers(record(tmp_path, "pool", POOL), tmp_path)
+    assert "3 process(es)" in table
+
+
+def test_discarded_events(sessiond: None, tmp_path: Path) -> None:
+    trace = record(tmp_path, "lossy", FIB.format(n=22), "--subbuf-size", "4096")
+    table = same_from_both_readers(trace, tmp_path)
+    assert "discarded events: 0" not in table
+
+
+def test_rotated_trace_files_with_the_oldest_dropped(sessiond: None, tmp_path: Path) -> None:
+    trace = record(tmp_path, "capped", FIB.format(n=21), "--max-size", "256K")
+    assert len(list(trace.rglob("*_[0-9]*_[0-9]*"))) > 1  # several files per stream
+    table = same_from_both_readers(trace, tmp_path)
+    assert "return(s) without a call" in table  # its oldest part went
+
+
+def test_flight_recorder_snapshot(sessiond: None, tmp_path: Path) -> None:
+    out = record(tmp_path, "flight", FIB.format(n=18), "--flight-recorder", "--buffer", "1M")
+    (snapshot,) = out.iterdir()
+    same_from_both_readers(snapshot, tmp_path)
+
+
+def test_more_contexts_in_a_session_made_by_hand(sessiond: None, tmp_path: Path) -> None:
+    # Integer contexts beside vpid and vtid, in another order, per-process
+    # buffers.
+    name = f"pyust-test-reader-{os.getpid()}"
+    trace = tmp_path / "manual"
+    lttng("create", name, f"--output={trace}")
+    try:
+        lttng("enable-channel", "-u", "-s", name, "--buffers-pid", "c")
+        lttng("enable-event", "-u", "-s", name, "-c", "c", "python:*")
+        for ctx in ("ip", "vtid", "pthread_id", "vpid", "procname"):
+            lttng("add-context", "-u", "-s", name, "-c", "c", "-t", ctx)
+        lttng("start", name)
+        script = write_script(tmp_path, "prog.py", textwrap.dedent(PROGRAM))
+        proc = run_python("-m", "pyust", str(script))
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        lttng("destroy", name, check=False)
+    table = same_from_both_readers(trace, tmp_path)
+    assert "__main__.fib" in table
+
+
+def test_what_it_cannot_read_goes_to_babeltrace2(sessiond: None, tmp_path: Path) -> None:
+    # An application context is a variant in the event context: not for
+    # pyust's reader, which leaves the trace to libbabeltrace2.
+    name = f"pyust-test-reader-app-{os.getpid()}"
+    trace = tmp_path / "appctx"
+    lttng("create", name, f"--output={trace}")
+    try:
+        lttng("enable-event", "-u", "-s", name, "python:*")
+        lttng("add-context", "-u", "-s", name, "-t", "vpid", "-t", "vtid", "-t", "$app.pyust:none")
+        lttng("start", name)
+        script = write_script(tmp_path, "prog.py", FIB.format(n=10))
+        assert run_python("-m", "pyust", str(script)).returncode == 0
+    finally:
+        lttng("destroy", name, check=False)
+    forced = subprocess.run(
+        [sys.executable, "-m", "pyust", "report", str(trace)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYUST_REPORT_READER": "pyust"},
+    )
+    assert forced.returncode == 1
+    assert forced.stderr.startswith("pyust: pyust's trace reader cannot read "), forced.stderr
+    default = run_python("-m", "pyust", "report", str(trace))
+    assert default.returncode == 0, default.stderr
+    assert "177 " in default.stdout  # fib(10): 177 calls
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_stream_file(sessiond: None, tmp_path: Path, damage: str) -> None:
+    # The end of a stream file cut off or overwritten (a crash, a full
+    # disk): report still reads it, and both readers agree on what is there.
+    trace = record(tmp_path, "damaged", FIB.format(n=20), "--subbuf-size", "64k")
+    data = max((p for p in trace.rglob("pyust_*") if p.is_file()), key=lambda p: p.stat().st_size)
+    size = data.stat().st_size
+    with open(data, "r+b") as f:
+        if damage == "truncated":
+            f.truncate(size - 1000)
+        else:
+            f.seek(size - 1000)
+            f.write(b"\xff" * 1000)
+    ours = subprocess.run(
+        [sys.executable, "-m", "pyust", "report", str(trace)], capture_output=True, text=True
+    )
+    assert "Traceback" not in ours.stderr
+    assert len(ours.stderr.splitlines()) <= 1, ours.stderr
