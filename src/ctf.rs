@@ -680,12 +680,29 @@ struct Class {
     ops: Vec<Op>,
 }
 
+/// How the packets and events of one stream class are laid out.
+struct Layout {
+    header: Header,
+    packet_context: Type,
+    event_context: Vec<Op>,
+    /// By event id.
+    classes: Vec<Option<Class>>,
+}
+
 struct TraceInfo {
     meta: Metadata,
-    /// By (stream class, event id).
-    classes: HashMap<(u64, u64), Class>,
-    /// By stream class: (header, packet context, event context ops).
-    streams: HashMap<u64, (Header, Type, Vec<Op>)>,
+    layouts: Vec<Layout>,
+    /// Stream class id to `layouts` index.
+    by_class: HashMap<u64, usize>,
+}
+
+impl TraceInfo {
+    fn layout(&self, class: u64) -> Result<&Layout, String> {
+        self.by_class
+            .get(&class)
+            .map(|&i| &self.layouts[i])
+            .ok_or_else(|| "packet of an unknown stream class".to_owned())
+    }
 }
 
 /// One data stream: its files (tracefile rotation splits a stream in
@@ -701,7 +718,8 @@ struct Stream {
     /// The next event's offset in `packet`, and where its events end.
     at: usize,
     end: usize,
-    class: u64,
+    /// The current packet's layout (index in `TraceInfo::layouts`).
+    layout: usize,
     /// The clock, in cycles, as the last timestamp left it.
     clock: u64,
     discarded: u64,
@@ -716,7 +734,8 @@ struct Span(u32, u32);
 
 struct Decoded {
     ns: i64,
-    class: (u64, u64),
+    /// The event id (its class in the stream's layout).
+    id: usize,
     strs: [Span; 6],
     line: i64,
     vpid: i64,
@@ -758,11 +777,12 @@ impl Stream {
                 read_struct(h, &head, &mut at, &mut values)?;
             }
             let class = values.get("stream_id").copied().unwrap_or(0);
-            let (_, context, _) = info
-                .streams
-                .get(&class)
-                .ok_or("packet of an unknown stream class")?;
-            read_struct(context, &head, &mut at, &mut values)?;
+            read_struct(
+                &info.layout(class)?.packet_context,
+                &head,
+                &mut at,
+                &mut values,
+            )?;
             let size = values
                 .get("packet_size")
                 .copied()
@@ -796,7 +816,7 @@ impl Stream {
                     self.packet.truncate(have + got);
                 }
             }
-            self.class = class;
+            self.layout = info.by_class[&class];
             self.at = at;
             self.end = content.min(self.packet.len());
             let begin = values.get("timestamp_begin").copied().unwrap_or(self.clock);
@@ -835,7 +855,7 @@ impl Stream {
                 }
                 continue;
             }
-            let (header, _, context) = &info.streams[&self.class];
+            let layout = &info.layouts[self.layout];
             let p = &self.packet[..self.end];
             let mut at = self.at;
             let need = |at: usize, n: usize| -> Result<(), String> {
@@ -845,7 +865,7 @@ impl Stream {
                     Ok(())
                 }
             };
-            let (id, ts, bits) = match header {
+            let (id, ts, bits) = match layout.header {
                 Header::Compact => {
                     need(at, 4)?;
                     let w = le(&p[at..at + 4]);
@@ -884,19 +904,20 @@ impl Stream {
                 }
                 (base & !mask) | ts
             };
-            let class = info
+            let class = layout
                 .classes
-                .get(&(self.class, id))
+                .get(id as usize)
+                .and_then(Option::as_ref)
                 .ok_or("event of an unknown class")?;
             let mut d = Decoded {
                 ns: ns(&info.meta, self.clock),
-                class: (self.class, id),
+                id: id as usize,
                 strs: [Span::default(); 6],
                 line: 0,
                 vpid: 0,
                 vtid: 0,
             };
-            run(context, p, &mut at, &mut d)?;
+            run(&layout.event_context, p, &mut at, &mut d)?;
             run(&class.ops, p, &mut at, &mut d)?;
             self.at = at;
             self.next = Some(d);
@@ -952,9 +973,7 @@ fn run(ops: &[Op], p: &[u8], at: &mut usize, d: &mut Decoded) -> Result<(), Stri
                 *at = a + bytes;
             }
             Op::Str { slot } => {
-                let len = p[*at..]
-                    .iter()
-                    .position(|&b| b == 0)
+                let len = memchr::memchr(0, &p[*at..])
                     .ok_or("string beyond its packet")?;
                 put(d, slot, Span(*at as u32, len as u32));
                 *at += len + 1;
@@ -1021,18 +1040,24 @@ fn open_trace(dir: &Path) -> Result<TraceInfo, String> {
     if !meta.little_endian {
         return Err("big-endian trace".into());
     }
-    let mut streams = HashMap::new();
+    let mut layouts = Vec::new();
+    let mut by_class = HashMap::new();
     for (&id, s) in &meta.streams {
         let header = header_kind(s.header.as_ref().ok_or("stream without event header")?)?;
-        let context = s.context.clone().ok_or("stream without packet context")?;
-        let mut ops = Vec::new();
+        let packet_context = s.context.clone().ok_or("stream without packet context")?;
+        let mut event_context = Vec::new();
         if let Some(t) = &s.event_context {
-            compile(t, &mut ops, "")?;
+            compile(t, &mut event_context, "")?;
         }
-        streams.insert(id, (header, context, ops));
+        by_class.insert(id, layouts.len());
+        layouts.push(Layout {
+            header,
+            packet_context,
+            event_context,
+            classes: Vec::new(),
+        });
     }
-    let mut classes = HashMap::new();
-    for (&key, (name, fields)) in &meta.events {
+    for (&(stream, id), (name, fields)) in &meta.events {
         let kind = match name.as_str() {
             "python:call" => Some(Kind::Call),
             "python:return" => Some(Kind::Return),
@@ -1043,12 +1068,23 @@ fn open_trace(dir: &Path) -> Result<TraceInfo, String> {
         };
         let mut ops = Vec::new();
         compile(fields, &mut ops, "")?;
-        classes.insert(key, Class { kind, ops });
+        let layout = by_class
+            .get(&stream)
+            .ok_or("event of an unknown stream class")?;
+        let classes = &mut layouts[*layout].classes;
+        let id = usize::try_from(id)
+            .ok()
+            .filter(|&i| i < 1 << 20)
+            .ok_or("event id too large")?;
+        if classes.len() <= id {
+            classes.resize_with(id + 1, || None);
+        }
+        classes[id] = Some(Class { kind, ops });
     }
     Ok(TraceInfo {
         meta,
-        classes,
-        streams,
+        layouts,
+        by_class,
     })
 }
 
@@ -1101,8 +1137,12 @@ pub fn read(
                     read_struct(h, &head[..got], &mut at, &mut values)?;
                 }
                 let class = values.get("stream_id").copied().unwrap_or(0);
-                let (_, context, _) = info.streams.get(&class).ok_or("unknown stream class")?;
-                read_struct(context, &head[..got], &mut at, &mut values)
+                read_struct(
+                    &info.layout(class)?.packet_context,
+                    &head[..got],
+                    &mut at,
+                    &mut values,
+                )
             })();
             if ok.is_err() || values.get("magic").is_some_and(|&m| m != 0xC1FC_1FC1) {
                 return Ok(Some(format!("{}: not a CTF packet", path.display())));
@@ -1135,7 +1175,7 @@ pub fn read(
                 packet: Vec::new(),
                 at: 0,
                 end: 0,
-                class: key.0,
+                layout: 0,
                 clock: 0,
                 discarded: 0,
                 last_end: None,
@@ -1163,7 +1203,9 @@ pub fn read(
         }
         let d = s.next.take().expect("a decoded event");
         let info = &traces[s.trace];
-        let class = &info.classes[&d.class];
+        let class = info.layouts[s.layout].classes[d.id]
+            .as_ref()
+            .expect("decoded above");
         let message = match class.kind {
             None => Message::Other,
             Some(kind) => {

@@ -185,9 +185,9 @@ const NO_FUNC: u32 = u32::MAX;
 /// timeline being written.
 struct Tables {
     funcs: Vec<Func>,
-    func_index: FxMap<String, u32>,
+    func_index: FxMap<Vec<u8>, u32>,
     /// Scratch for building `func_index` keys without allocating.
-    key: String,
+    key: Vec<u8>,
     nodes: Vec<Node>,
     node_index: FxMap<(u32, u32), u32>,
     timeline: Option<Timeline>,
@@ -265,7 +265,7 @@ fn run(
         tables: Tables {
             funcs: Vec::new(),
             func_index: FxMap::default(),
-            key: String::new(),
+            key: Vec::new(),
             nodes: Vec::new(),
             node_index: FxMap::default(),
             timeline: Timeline::create(
@@ -411,16 +411,17 @@ impl Tables {
     fn func(&mut self, ev: &Event<'_>, c: bool) -> u32 {
         self.key.clear();
         if c {
-            self.key.push_str("C\0");
-            self.key.push_str(ev.co_qualname);
+            self.key.extend_from_slice(b"C\0");
+            self.key.extend_from_slice(ev.co_qualname.as_bytes());
         } else {
-            let _ = write!(
-                self.key,
-                "P\0{}\0{}\0{}\0{}",
-                ev.module, ev.co_qualname, ev.co_filename, ev.line
-            );
+            self.key.extend_from_slice(b"P\0");
+            for part in [ev.module, ev.co_qualname, ev.co_filename] {
+                self.key.extend_from_slice(part.as_bytes());
+                self.key.push(0);
+            }
+            self.key.extend_from_slice(&ev.line.to_le_bytes());
         }
-        if let Some(&id) = self.func_index.get(self.key.as_str()) {
+        if let Some(&id) = self.func_index.get(self.key.as_slice()) {
             return id;
         }
         let id = self.funcs.len() as u32;
