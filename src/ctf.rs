@@ -720,6 +720,8 @@ struct Stream {
     end: usize,
     /// The current packet's layout (index in `TraceInfo::layouts`).
     layout: usize,
+    /// Whether the current packet's file ends before its content does.
+    cut: bool,
     /// The clock, in cycles, as the last timestamp left it.
     clock: u64,
     discarded: u64,
@@ -816,6 +818,7 @@ impl Stream {
                     self.packet.truncate(have + got);
                 }
             }
+            self.cut = content > self.packet.len();
             self.layout = info.by_class[&class];
             self.at = at;
             self.end = content.min(self.packet.len());
@@ -855,74 +858,86 @@ impl Stream {
                 }
                 continue;
             }
-            let layout = &info.layouts[self.layout];
-            let p = &self.packet[..self.end];
-            let mut at = self.at;
-            let need = |at: usize, n: usize| -> Result<(), String> {
-                if at + n > p.len() {
-                    Err("event beyond its packet".into())
-                } else {
-                    Ok(())
+            match self.decode(info) {
+                Ok(d) => {
+                    self.next = Some(d);
+                    return Ok(());
                 }
-            };
-            let (id, ts, bits) = match layout.header {
-                Header::Compact => {
-                    need(at, 4)?;
-                    let w = le(&p[at..at + 4]);
-                    if w & 31 == 31 {
-                        need(at, 13)?;
-                        let r = (le(&p[at + 1..at + 5]), le(&p[at + 5..at + 13]), 64);
-                        at += 13;
-                        r
-                    } else {
-                        at += 4;
-                        (w & 31, w >> 5, 27)
-                    }
-                }
-                Header::Large => {
-                    need(at, 6)?;
-                    let id = le(&p[at..at + 2]);
-                    if id == 65535 {
-                        need(at, 14)?;
-                        let r = (le(&p[at + 2..at + 6]), le(&p[at + 6..at + 14]), 64);
-                        at += 14;
-                        r
-                    } else {
-                        let r = (id, le(&p[at + 2..at + 6]), 32);
-                        at += 6;
-                        r
-                    }
-                }
-            };
-            self.clock = if bits == 64 {
-                ts
-            } else {
-                let mask = (1u64 << bits) - 1;
-                let mut base = self.clock;
-                if ts < base & mask {
-                    base = base.wrapping_add(1 << bits);
-                }
-                (base & !mask) | ts
-            };
-            let class = layout
-                .classes
-                .get(id as usize)
-                .and_then(Option::as_ref)
-                .ok_or("event of an unknown class")?;
-            let mut d = Decoded {
-                ns: ns(&info.meta, self.clock),
-                id: id as usize,
-                strs: [Span::default(); 6],
-                line: 0,
-                vpid: 0,
-                vtid: 0,
-            };
-            run(&layout.event_context, p, &mut at, &mut d)?;
-            run(&class.ops, p, &mut at, &mut d)?;
-            self.at = at;
-            self.next = Some(d);
-            return Ok(());
+                // The end of a packet cut short: its last event is partial.
+                Err(_) if self.cut => self.at = self.end,
+                Err(e) => return Err(e),
+            }
         }
+    }
+
+    /// The event at `self.at`, which moves past it.
+    fn decode(&mut self, info: &TraceInfo) -> Result<Decoded, String> {
+        let layout = &info.layouts[self.layout];
+        let p = &self.packet[..self.end];
+        let mut at = self.at;
+        let need = |at: usize, n: usize| -> Result<(), String> {
+            if at + n > p.len() {
+                Err("event beyond its packet".into())
+            } else {
+                Ok(())
+            }
+        };
+        let (id, ts, bits) = match layout.header {
+            Header::Compact => {
+                need(at, 4)?;
+                let w = le(&p[at..at + 4]);
+                if w & 31 == 31 {
+                    need(at, 13)?;
+                    let r = (le(&p[at + 1..at + 5]), le(&p[at + 5..at + 13]), 64);
+                    at += 13;
+                    r
+                } else {
+                    at += 4;
+                    (w & 31, w >> 5, 27)
+                }
+            }
+            Header::Large => {
+                need(at, 6)?;
+                let id = le(&p[at..at + 2]);
+                if id == 65535 {
+                    need(at, 14)?;
+                    let r = (le(&p[at + 2..at + 6]), le(&p[at + 6..at + 14]), 64);
+                    at += 14;
+                    r
+                } else {
+                    let r = (id, le(&p[at + 2..at + 6]), 32);
+                    at += 6;
+                    r
+                }
+            }
+        };
+        self.clock = if bits == 64 {
+            ts
+        } else {
+            let mask = (1u64 << bits) - 1;
+            let mut base = self.clock;
+            if ts < base & mask {
+                base = base.wrapping_add(1 << bits);
+            }
+            (base & !mask) | ts
+        };
+        let class = layout
+            .classes
+            .get(id as usize)
+            .and_then(Option::as_ref)
+            .ok_or("event of an unknown class")?;
+        let mut d = Decoded {
+            ns: ns(&info.meta, self.clock),
+            id: id as usize,
+            strs: [Span::default(); 6],
+            line: 0,
+            vpid: 0,
+            vtid: 0,
+        };
+        run(&layout.event_context, p, &mut at, &mut d)?;
+        run(&class.ops, p, &mut at, &mut d)?;
+        self.at = at;
+        Ok(d)
     }
 }
 
@@ -973,8 +988,7 @@ fn run(ops: &[Op], p: &[u8], at: &mut usize, d: &mut Decoded) -> Result<(), Stri
                 *at = a + bytes;
             }
             Op::Str { slot } => {
-                let len = memchr::memchr(0, &p[*at..])
-                    .ok_or("string beyond its packet")?;
+                let len = memchr::memchr(0, &p[*at..]).ok_or("string beyond its packet")?;
                 put(d, slot, Span(*at as u32, len as u32));
                 *at += len + 1;
             }
@@ -1176,6 +1190,7 @@ pub fn read(
                 at: 0,
                 end: 0,
                 layout: 0,
+                cut: false,
                 clock: 0,
                 discarded: 0,
                 last_end: None,

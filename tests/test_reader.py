@@ -174,8 +174,8 @@ def test_what_it_cannot_read_goes_to_babeltrace2(sessiond: None, tmp_path: Path)
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_a_damaged_stream_file(sessiond: None, tmp_path: Path, damage: str) -> None:
-    # The end of a stream file cut off or overwritten (a crash, a full
-    # disk): report still reads it, and both readers agree on what is there.
+    # The end of a stream file cut off (a crash, a full disk: babeltrace2
+    # gives up on such a file) or overwritten: report reads what is whole.
     trace = record(tmp_path, "damaged", FIB.format(n=20), "--subbuf-size", "64k")
     data = max((p for p in trace.rglob("pyust_*") if p.is_file()), key=lambda p: p.stat().st_size)
     size = data.stat().st_size
@@ -185,8 +185,7 @@ def test_a_damaged_stream_file(sessiond: None, tmp_path: Path, damage: str) -> N
         else:
             f.seek(size - 1000)
             f.write(b"\xff" * 1000)
-    ours = subprocess.run(
-        [sys.executable, "-m", "pyust", "report", str(trace)], capture_output=True, text=True
-    )
-    assert "Traceback" not in ours.stderr
-    assert len(ours.stderr.splitlines()) <= 1, ours.stderr
+    proc = run_python("-m", "pyust", "report", str(trace), "--limit", "1")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [line.split() for line in proc.stdout.splitlines() if "__main__.fib" in line]
+    assert int(row[0]) > 20_000  # fib(20): 21891 calls, nearly all of them
