@@ -8,7 +8,7 @@ It runs, one after the other in this one run: untraced (first and last:
 the baseline and the machine's drift), cProfile, VizTracer (defaults,
 with its save), pyust idle (no session listens), `pyust record` (the
 default cap), `record --max-size 0` (skipped with --no-unbounded or when
-the disk could not hold it), `record --flight-recorder`; then `pyust
+the disk could not hold it with a quarter to spare), `record --flight-recorder`; then `pyust
 report` on the default record's trace, table only and with --perfetto.
 Prints a Markdown table: wall clock, ratio to untraced, bytes on disk.
 Everything written goes under WORKDIR and is deleted once measured.
@@ -138,7 +138,7 @@ def main() -> None:
     if os.path.exists(timeline):
         os.remove(timeline)
     if unbounded:
-        need = 3 * (kept + gone)
+        need = int(1.25 * (kept + gone)) + (2 << 30)
         free = shutil.disk_usage(workdir).free
         if free > need:
             full = os.path.join(workdir, "record-unbounded")
