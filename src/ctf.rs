@@ -483,6 +483,8 @@ fn metadata_text(data: &[u8]) -> Result<String, String> {
             at += packet;
         }
         Ok(String::from_utf8_lossy(&text).into_owned())
+    } else if data.first() == Some(&0x1E) {
+        Err("CTF 2 metadata (LTTng 2.15 and later): not for this reader".into())
     } else if data.starts_with(b"/* CTF") {
         Ok(String::from_utf8_lossy(data).into_owned())
     } else {

@@ -508,6 +508,9 @@ struct Proto {
     sequences: Vec<Sequence>,
     processes: std::collections::HashSet<(i64, u32)>,
     exceptions: HashMap<String, u64>,
+    /// Reused for each event and its packet (no allocation per event).
+    ev: Msg,
+    pk: Msg,
 }
 
 impl Proto {
@@ -518,15 +521,24 @@ impl Proto {
             sequences: Vec::new(),
             processes: Default::default(),
             exceptions: HashMap::new(),
+            ev: Msg::default(),
+            pk: Msg::default(),
         })
     }
 
     fn packet(&mut self, p: &Msg) -> Result<(), String> {
-        let mut head = Msg::default();
-        head.key(field::TRACE_PACKET, 2);
-        head.varint(p.0.len() as u64);
+        // Trace.packet's key, then the length as a varint.
+        let mut head = [0u8; 11];
+        head[0] = (field::TRACE_PACKET << 3 | 2) as u8;
+        let (mut n, mut len) = (p.0.len() as u64, 1);
+        while n >= 0x80 {
+            head[len] = n as u8 | 0x80;
+            n >>= 7;
+            len += 1;
+        }
+        head[len] = n as u8;
         self.out
-            .write_all(&head.0)
+            .write_all(&head[..len + 1])
             .and_then(|()| self.out.write_all(&p.0))
             .map_err(|e| write_error(&self.path, e))
     }
@@ -621,7 +633,8 @@ impl Proto {
         absolute: bool,
     ) -> Result<(), String> {
         let seq = &mut self.sequences[track as usize];
-        let mut p = Msg::default();
+        let mut p = std::mem::take(&mut self.pk);
+        p.0.clear();
         if absolute || ns < seq.last {
             p.uint(field::TIMESTAMP, ns as u64);
             p.uint(field::TIMESTAMP_CLOCK_ID, CLOCK_TRACE);
@@ -634,7 +647,9 @@ impl Proto {
             p.msg(field::INTERNED_DATA, i);
         }
         p.msg(field::TRACK_EVENT, event);
-        self.packet(&p)
+        let done = self.packet(&p);
+        self.pk = p;
+        done
     }
 
     fn begin(&mut self, track: u32, ns: i64, s: &Slice<'_>) -> Result<(), String> {
@@ -657,20 +672,26 @@ impl Proto {
         } else {
             None
         };
-        let mut e = Msg::default();
+        let mut e = std::mem::take(&mut self.ev);
+        e.0.clear();
         e.uint(field::TYPE, SLICE_BEGIN);
         e.uint(field::NAME_IID, iid);
         e.uint(field::CATEGORY_IIDS, if s.c { 2 } else { 1 });
         if !s.c {
             e.uint(field::SOURCE_LOCATION_IID, iid);
         }
-        self.event(track, ns, &e, interned.as_ref(), false)
+        let done = self.event(track, ns, &e, interned.as_ref(), false);
+        self.ev = e;
+        done
     }
 
     fn end(&mut self, track: u32, ns: i64) -> Result<(), String> {
-        let mut e = Msg::default();
+        let mut e = std::mem::take(&mut self.ev);
+        e.0.clear();
         e.uint(field::TYPE, SLICE_END);
-        self.event(track, ns, &e, None, false)
+        let done = self.event(track, ns, &e, None, false);
+        self.ev = e;
+        done
     }
 
     fn instant(

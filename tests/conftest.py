@@ -11,6 +11,7 @@ import itertools
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -111,6 +112,15 @@ def babeltrace(path: Path) -> str:
 
 def lttng(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["lttng", *args], capture_output=True, text=True, check=check)
+
+
+def ctf18() -> list[str]:
+    """`lttng create` options for a CTF 1.8 trace (LTTng 2.15+ writes CTF 2
+    unless asked), as `pyust record` passes them."""
+    version = re.search(r"\b(\d+)\.(\d+)\.", lttng("--version").stdout)
+    if version and (int(version[1]), int(version[2])) >= (2, 15):
+        return ["--trace-format=ctf-1.8"]
+    return []
 
 
 def check_nesting(events: list[Event], complete: bool = True) -> None:
@@ -277,6 +287,8 @@ class Terminal:
         import termios
 
         self.master, slave = pty.openpty()
+        # A window size and TERM, as a terminal emulator sets them.
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
 
         def take_terminal() -> None:  # in the child, after setsid()
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
@@ -288,6 +300,7 @@ class Terminal:
             stderr=slave,
             start_new_session=True,
             preexec_fn=take_terminal,
+            env={**os.environ, "TERM": os.environ.get("TERM") or "xterm"},
         )
         os.close(slave)
         self.output = b""

@@ -475,6 +475,16 @@ def ensure_session_daemon(lttng: str) -> None:
         fail(f"cannot start lttng-sessiond{': ' + detail[-1] if detail else ''}")
 
 
+def trace_format(lttng: str) -> list[str]:
+    """`lttng create` options for a CTF 1.8 trace: LTTng 2.15 and later
+    write CTF 2 by default, which `pyust report`'s own reader leaves to
+    libbabeltrace2 (several times slower)."""
+    m = re.search(r"\b(\d+)\.(\d+)\.", _run_lttng(lttng, "--version").stdout)
+    if m and (int(m[1]), int(m[2])) >= (2, 15):
+        return ["--trace-format=ctf-1.8"]
+    return []
+
+
 def default_output(target: Target) -> str:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = os.path.join("pyust-traces", f"{target.label}-{stamp}")
@@ -944,7 +954,12 @@ def record(argv: list[str]) -> int:
             except OSError as exc:
                 fail(f"cannot make the output folder {output}: {exc.strerror}")
             recorder = FlightRecorder(lttng, session, output, exc_types)
-            _check(_run_lttng(lttng, "create", session, "--snapshot", "--no-output"), "create")
+            _check(
+                _run_lttng(
+                    lttng, "create", session, "--snapshot", "--no-output", *trace_format(lttng)
+                ),
+                "create",
+            )
             created = True
             _check(
                 _run_lttng(
@@ -959,7 +974,10 @@ def record(argv: list[str]) -> int:
             )
             signal.signal(signal.SIGUSR1, lambda _signum, _frame: recorder.request())
         else:
-            _check(_run_lttng(lttng, "create", session, f"--output={output}"), "create")
+            _check(
+                _run_lttng(lttng, "create", session, f"--output={output}", *trace_format(lttng)),
+                "create",
+            )
             created = True
         _check(
             _run_lttng(
