@@ -6,6 +6,7 @@ and timeline, byte for byte (PYUST_REPORT_READER picks one)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -86,10 +87,16 @@ def report(trace: Path, reader: str, tmp_path: Path) -> tuple[str, bytes, bytes]
     return proc.stdout, folded.read_bytes(), timeline.read_bytes()
 
 
+def stream_names(table: str) -> str:
+    """A rotated stream is named after one of its files (pyust_0_1, ...):
+    which one differs between babeltrace2 versions."""
+    return re.sub(r"(in stream \S+_\d+)_\d+ ", r"\1_N ", table)
+
+
 def same_from_both_readers(trace: Path, tmp_path: Path) -> str:
     ours = report(trace, "pyust", tmp_path)
     theirs = report(trace, "babeltrace2", tmp_path)
-    assert ours[0] == theirs[0]
+    assert stream_names(ours[0]) == stream_names(theirs[0])
     assert ours[1] == theirs[1]
     assert ours[2] == theirs[2]
     return ours[0]

@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from conftest import lttng
@@ -61,16 +62,35 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def run_regrtest(*prefix: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *prefix, "-m", "test", "--timeout=600", *MODULES],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        stdin=subprocess.DEVNULL,
-        env=dict(os.environ, PYTHONHASHSEED="0"),
-        preexec_fn=_default_sigint,
-    )
+class Regrtest:
+    """regrtest on MODULES, started now; its output goes to files (two
+    runs at once must not wait on each other's pipes)."""
+
+    def __init__(self, *prefix: str) -> None:
+        self.out = tempfile.TemporaryFile(mode="w+")
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, *prefix, "-m", "test", "--timeout=600", *MODULES],
+            stdout=self.out,
+            stderr=self.err,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env=dict(os.environ, PYTHONHASHSEED="0"),
+            preexec_fn=_default_sigint,
+        )
+
+    def result(self) -> subprocess.CompletedProcess[str]:
+        try:
+            code = self.proc.wait(timeout=900)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        texts = []
+        for f in (self.out, self.err):
+            f.seek(0)
+            texts.append(f.read())
+            f.close()
+        return subprocess.CompletedProcess(self.proc.args, code, texts[0], texts[1])
 
 
 def test_cpython_regression_tests_unchanged(sessiond: None) -> None:
@@ -82,13 +102,15 @@ def test_cpython_regression_tests_unchanged(sessiond: None) -> None:
         missing = MODULES
     if missing:
         pytest.skip(f"this interpreter lacks CPython's test suite ({', '.join(missing[:3])}, ...)")
-    plain = run_regrtest()
     name = f"pyust-test-regr-{os.getpid()}"
     lttng("create", name, "--snapshot")
     try:
         lttng("enable-event", "--userspace", f"--session={name}", "python:*")
         lttng("start", name)
-        traced = run_regrtest("-m", "pyust")
+        # Side by side, one per core: the untraced run emits nothing (no
+        # pyust in it), the traced one records into the session.
+        runs = Regrtest(), Regrtest("-m", "pyust")
+        plain, traced = (run.result() for run in runs)
     finally:
         lttng("destroy", name, check=False)
     assert "no LTTng session" not in traced.stderr

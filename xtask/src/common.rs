@@ -311,6 +311,13 @@ pub fn pythons() -> Vec<(String, Option<PathBuf>)> {
         .collect()
 }
 
+/// A step's heading, with the time since xtask started (where CI's
+/// minutes go).
 pub fn step(name: &str) {
-    eprintln!("\n==> {name}");
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let elapsed = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs();
+    eprintln!("\n==> {name} [{}:{:02}]", elapsed / 60, elapsed % 60);
 }
