@@ -266,7 +266,7 @@ def test_from_to_window_clips_the_slices(sessiond: None, tmp_path: Path) -> None
         trace,
         "--perfetto-json", str(window),
         "--perfetto", str(pf),
-        "--from", f"{start_us - 1}us",
+        "--from", f"{start_us}us",  # at the call: what ended before is out
         "--to", f"{start_us + 1000}us",
     )  # fmt: skip
     begins, kept = json_begins(window)
@@ -279,7 +279,7 @@ def test_from_to_window_clips_the_slices(sessiond: None, tmp_path: Path) -> None
     # Slices begun before the window start at its start; those still open
     # at its end end there.
     times = [float(e["ts"]) for e in kept if e["ph"] in ("B", "E")]  # type: ignore[arg-type]
-    assert min(times) == pytest.approx(start_us - 1, abs=0.002)
+    assert min(times) == pytest.approx(start_us, abs=0.002)
     assert max(times) == pytest.approx(start_us + 1000, abs=0.002)
     assert check_stacks(read_pftrace(pf).tracks) == begins
     assert "outside --from/--to left out" in text
