@@ -242,14 +242,14 @@ def test_min_duration_keeps_only_the_long_slices(sessiond: None, tmp_path: Path)
     total = sum(json_begins(whole)[0].values())
     pf, js = tmp_path / "long.pftrace", tmp_path / "long.json"
     text = report(
-        trace, "--perfetto", str(pf), "--perfetto-json", str(js), "--min-duration", "10ms"
+        trace, "--perfetto", str(pf), "--perfetto-json", str(js), "--min-duration", "20ms"
     )
     expected = {"__main__.<module>": 1, "__main__.main": 1, "__main__.slow": 3, "time.sleep": 3}
     assert json_begins(js)[0] == expected
     assert check_stacks(read_pftrace(pf).tracks) == expected
     assert (
         f"timeline: 8 slice(s) and 0 exception(s) written; {total - 8} slice(s) shorter "
-        "than --min-duration 10ms left out\n"
+        "than --min-duration 20ms left out\n"
     ) in text
 
 
