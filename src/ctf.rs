@@ -1026,24 +1026,6 @@ fn text(p: &[u8], s: Span) -> &str {
 
 // --------------------------------------------------------------------------
 
-/// The trace folders under `root`: each folder holding a `metadata` file.
-fn trace_dirs(root: &Path, out: &mut Vec<PathBuf>) {
-    if root.join("metadata").is_file() {
-        out.push(root.to_owned());
-    }
-    if let Ok(entries) = std::fs::read_dir(root) {
-        let mut dirs: Vec<PathBuf> = entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .collect();
-        dirs.sort();
-        for d in dirs {
-            trace_dirs(&d, out);
-        }
-    }
-}
-
 fn open_trace(dir: &Path) -> Result<TraceInfo, String> {
     let data = std::fs::read(dir.join("metadata")).map_err(|e| e.to_string())?;
     let mut parser = Parser {
@@ -1074,14 +1056,7 @@ fn open_trace(dir: &Path) -> Result<TraceInfo, String> {
         });
     }
     for (&(stream, id), (name, fields)) in &meta.events {
-        let kind = match name.as_str() {
-            "python:call" => Some(Kind::Call),
-            "python:return" => Some(Kind::Return),
-            "python:c_call" => Some(Kind::CCall),
-            "python:c_return" => Some(Kind::CReturn),
-            "python:exception" => Some(Kind::Exception),
-            _ => None,
-        };
+        let kind = Kind::from_event_name(name.as_bytes());
         let mut ops = Vec::new();
         compile(fields, &mut ops, "")?;
         let layout = by_class
@@ -1112,7 +1087,7 @@ pub fn read(
     callback: &mut dyn FnMut(Message<'_>) -> Result<(), String>,
 ) -> Result<Option<String>, String> {
     let mut dirs = Vec::new();
-    trace_dirs(root, &mut dirs);
+    crate::ffi::bt2::find_traces(root, &mut dirs, 0);
     if dirs.is_empty() {
         return Ok(Some("no metadata file".into()));
     }

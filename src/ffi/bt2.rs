@@ -177,6 +177,20 @@ pub enum Kind {
     Exception,
 }
 
+impl Kind {
+    /// The kind of the event named `name` (`python:call`, ...), if any.
+    pub fn from_event_name(name: &[u8]) -> Option<Kind> {
+        match name {
+            b"python:call" => Some(Kind::Call),
+            b"python:return" => Some(Kind::Return),
+            b"python:c_call" => Some(Kind::CCall),
+            b"python:c_return" => Some(Kind::CReturn),
+            b"python:exception" => Some(Kind::Exception),
+            _ => None,
+        }
+    }
+}
+
 /// One `python:*` event, borrowed from babeltrace2 for the callback.
 /// Absent fields read as "" or 0.
 pub struct Event<'a> {
@@ -381,8 +395,9 @@ pub fn read(
     Ok(())
 }
 
-/// Trace directories under `dir` (those with a `metadata` file).
-fn find_traces(dir: &Path, out: &mut Vec<std::path::PathBuf>, depth: u32) {
+/// Trace directories under `dir` (those with a `metadata` file), the
+/// same for both of `report`'s readers.
+pub(crate) fn find_traces(dir: &Path, out: &mut Vec<std::path::PathBuf>, depth: u32) {
     if dir.join("metadata").is_file() {
         out.push(dir.to_path_buf());
         return;
@@ -634,14 +649,7 @@ unsafe fn class_info(api: &Api, class: *const Obj) -> ClassInfo {
         } else {
             CStr::from_ptr(name).to_bytes()
         };
-        let kind = match name {
-            b"python:call" => Some(Kind::Call),
-            b"python:return" => Some(Kind::Return),
-            b"python:c_call" => Some(Kind::CCall),
-            b"python:c_return" => Some(Kind::CReturn),
-            b"python:exception" => Some(Kind::Exception),
-            _ => None,
-        };
+        let kind = Kind::from_event_name(name);
         if kind.is_none() {
             return ClassInfo {
                 kind,
