@@ -114,6 +114,24 @@ def lttng(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["lttng", *args], capture_output=True, text=True, check=check)
 
 
+# A script that prints "ready" and sleeps until it is stopped.
+SLEEPER = (
+    "import time\n"
+    "def nap():\n"
+    "    while True:\n"
+    "        time.sleep(0.05)\n"
+    "print('ready', flush=True)\n"
+    "nap()\n"
+)
+
+
+def pyust_sessions() -> list[str]:
+    """Sessions of `pyust record` still there (the tests' own are
+    pyust-test-*)."""
+    out = lttng("list").stdout
+    return [line for line in out.splitlines() if "pyust-" in line and "pyust-test-" not in line]
+
+
 def ctf18() -> list[str]:
     """`lttng create` options for a CTF 1.8 trace (LTTng 2.15+ writes CTF 2
     unless asked), as `pyust record` passes them."""

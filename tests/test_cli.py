@@ -13,23 +13,18 @@ from pathlib import Path
 import pytest
 from conftest import (
     SCENARIOS,
+    SLEEPER,
     Session,
     Terminal,
     babeltrace,
     check_nesting,
     check_no_pyust_frames,
-    lttng,
     parse_trace,
+    pyust_sessions,
     run_python,
     run_traced,
     write_script,
 )
-
-
-def pyust_sessions() -> list[str]:
-    out = lttng("list").stdout
-    return [line for line in out.splitlines() if "pyust-" in line and "pyust-test-" not in line]
-
 
 # --- python -m pyust ---------------------------------------------------------
 
@@ -418,12 +413,7 @@ def test_record_failing_script_keeps_status_and_trace(sessiond: None, tmp_path: 
 
 
 def test_record_interrupted_leaves_complete_trace(sessiond: None, tmp_path: Path) -> None:
-    script = write_script(
-        tmp_path,
-        "sleeper.py",
-        "import time\ndef nap():\n    while True:\n        time.sleep(0.05)\n"
-        "print('ready', flush=True)\nnap()\n",
-    )
+    script = write_script(tmp_path, "sleeper.py", SLEEPER)
     out_dir = tmp_path / "t"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyust", "record", "-o", str(out_dir), str(script)],
@@ -469,15 +459,6 @@ def test_launcher_under_manual_session_only_sees_its_process(session: Session) -
 
 
 # --- record on a terminal: Ctrl-C, SIGTERM, hangup -----------------------------
-
-SLEEPER = (
-    "import time\n"
-    "def nap():\n"
-    "    while True:\n"
-    "        time.sleep(0.05)\n"
-    "print('ready', flush=True)\n"
-    "nap()\n"
-)
 
 
 def _record_sleeper_on_terminal(tmp_path: Path) -> tuple[Terminal, Path]:

@@ -13,7 +13,16 @@ import textwrap
 import time
 from pathlib import Path
 
-from conftest import babeltrace, check_nesting, lttng, parse_trace, run_python, write_script
+from conftest import (
+    SLEEPER,
+    babeltrace,
+    check_nesting,
+    lttng,
+    parse_trace,
+    pyust_sessions,
+    run_python,
+    write_script,
+)
 
 # Helpers the scripts share: wait for record to write the n-th snapshot.
 WAIT = """
@@ -43,11 +52,7 @@ def names(folder: Path) -> list[str]:
 
 def leftovers() -> list[str]:
     """pyust sessions and triggers that outlived their record."""
-    sessions = [
-        line
-        for line in lttng("list").stdout.splitlines()
-        if "pyust-" in line and "pyust-test-" not in line
-    ]
+    sessions = pyust_sessions()
     triggers = [
         line for line in lttng("list-triggers").stdout.splitlines() if "name: pyust-" in line
     ]
@@ -222,12 +227,7 @@ def test_snapshot_on_an_exception_once_per_process(sessiond: None, tmp_path: Pat
 
 
 def test_interrupted_program_still_gets_its_exit_snapshot(sessiond: None, tmp_path: Path) -> None:
-    script = write_script(
-        tmp_path,
-        "sleeper.py",
-        "import time\ndef nap():\n    while True:\n        time.sleep(0.05)\n"
-        "print('ready', flush=True)\nnap()\n",
-    )
+    script = write_script(tmp_path, "sleeper.py", SLEEPER)
     out_dir = tmp_path / "fr"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyust", "record", "-o", str(out_dir), "--flight-recorder",

@@ -152,31 +152,43 @@ def test_more_contexts_in_a_session_made_by_hand(sessiond: None, tmp_path: Path)
     assert "__main__.fib" in table
 
 
-def test_what_it_cannot_read_goes_to_babeltrace2(sessiond: None, tmp_path: Path) -> None:
-    # An application context is a variant in the event context: not for
-    # pyust's reader, which leaves the trace to libbabeltrace2.
-    name = f"pyust-test-reader-app-{os.getpid()}"
-    trace = tmp_path / "appctx"
-    lttng("create", name, f"--output={trace}", *ctf18())
+def fib10_trace(tmp_path: Path, label: str, create: list[str], contexts: list[str]) -> Path:
+    """fib(10) under `python -m pyust`, in a session made by hand."""
+    name = f"pyust-test-reader-{label}-{os.getpid()}"
+    trace = tmp_path / label
+    lttng("create", name, f"--output={trace}", *create)
     try:
         lttng("enable-event", "-u", "-s", name, "python:*")
-        lttng("add-context", "-u", "-s", name, "-t", "vpid", "-t", "vtid", "-t", "$app.pyust:none")
+        lttng("add-context", "-u", "-s", name, *(a for c in contexts for a in ("-t", c)))
         lttng("start", name)
         script = write_script(tmp_path, "prog.py", FIB.format(n=10))
         assert run_python("-m", "pyust", str(script)).returncode == 0
     finally:
         lttng("destroy", name, check=False)
+    return trace
+
+
+def readers_on(trace: Path) -> tuple[subprocess.CompletedProcess[str], str]:
+    """`report` forced through pyust's reader, and the default one's table."""
     forced = subprocess.run(
         [sys.executable, "-m", "pyust", "report", str(trace)],
         capture_output=True,
         text=True,
         env={**os.environ, "PYUST_REPORT_READER": "pyust"},
     )
-    assert forced.returncode == 1
-    assert forced.stderr.startswith("pyust: pyust's trace reader cannot read "), forced.stderr
     default = run_python("-m", "pyust", "report", str(trace))
     assert default.returncode == 0, default.stderr
-    assert "177 " in default.stdout  # fib(10): 177 calls
+    return forced, default.stdout
+
+
+def test_what_it_cannot_read_goes_to_babeltrace2(sessiond: None, tmp_path: Path) -> None:
+    # An application context is a variant in the event context: not for
+    # pyust's reader, which leaves the trace to libbabeltrace2.
+    trace = fib10_trace(tmp_path, "appctx", ctf18(), ["vpid", "vtid", "$app.pyust:none"])
+    forced, table = readers_on(trace)
+    assert forced.returncode == 1
+    assert forced.stderr.startswith("pyust: pyust's trace reader cannot read "), forced.stderr
+    assert "177 " in table  # fib(10): 177 calls
 
 
 def fib_calls(trace: Path) -> int:
@@ -229,24 +241,7 @@ def test_ctf2_traces_go_to_babeltrace2(sessiond: None, tmp_path: Path) -> None:
     # libbabeltrace2.
     if not ctf18():
         pytest.skip("this LTTng (before 2.15) writes CTF 1.8 only")
-    name = f"pyust-test-reader-ctf2-{os.getpid()}"
-    trace = tmp_path / "ctf2"
-    lttng("create", name, f"--output={trace}", "--trace-format=ctf-2")
-    try:
-        lttng("enable-event", "-u", "-s", name, "python:*")
-        lttng("add-context", "-u", "-s", name, "-t", "vpid", "-t", "vtid")
-        lttng("start", name)
-        script = write_script(tmp_path, "prog.py", FIB.format(n=10))
-        assert run_python("-m", "pyust", str(script)).returncode == 0
-    finally:
-        lttng("destroy", name, check=False)
-    forced = subprocess.run(
-        [sys.executable, "-m", "pyust", "report", str(trace)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYUST_REPORT_READER": "pyust"},
-    )
+    trace = fib10_trace(tmp_path, "ctf2", ["--trace-format=ctf-2"], ["vpid", "vtid"])
+    forced, table = readers_on(trace)
     assert forced.returncode == 1 and "CTF 2" in forced.stderr, forced.stderr
-    default = run_python("-m", "pyust", "report", str(trace))
-    assert default.returncode == 0, default.stderr
-    assert "177 " in default.stdout
+    assert "177 " in table

@@ -120,10 +120,8 @@ def subbuf_size() -> int:
     """The largest sub-buffer size (up to 4 MiB) whose per-CPU ring buffers
     take at most half of /dev/shm's free space, where LTTng-UST keeps them
     (containers often have only 64 MiB there)."""
-    try:
-        st = os.statvfs("/dev/shm")
-        budget = st.f_bavail * st.f_frsize // 2
-    except OSError:
+    budget = shm_budget()
+    if budget is None:
         return MAX_SUBBUF
     cpus = os.cpu_count() or 1
     size = MAX_SUBBUF
