@@ -5,6 +5,7 @@ fn main() {
     println!("cargo:rerun-if-changed=src/tp/python_tp.c");
     println!("cargo:rerun-if-changed=src/tp/python_tp.h");
     println!("cargo:rerun-if-changed=src/tp/proto_tp.h");
+    println!("cargo:rerun-if-changed=src/tp/fast_tp.h");
 
     // `cargo:` lines make the link flags follow the static archive below.
     let ust = match pkg_config::Config::new()

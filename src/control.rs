@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 use pyo3::sync::MutexExt;
 use pyo3::types::PyCode;
 
+use crate::fast;
 use crate::ffi::lttng as tp;
 use crate::hook::{self, ARMED, ENABLED};
 
@@ -33,6 +34,12 @@ static WATCHER: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
 pub fn init(py: Python<'_>) {
     hook::init(py);
     backend::init(py);
+    extern "C" fn at_exit() {
+        // The fast mode's last records (after the atexit handlers ran).
+        fast::flush_all();
+    }
+    // SAFETY: registers a function that takes no lock held by CPython.
+    unsafe { ffi::Py_AtExit(Some(at_exit)) };
 }
 
 /// Starts tracing, for every thread (see the backend for how). When the
@@ -67,6 +74,7 @@ pub fn enable(py: Python<'_>, thread_start: &Bound<'_, PyAny>) -> PyResult<()> {
 pub fn disable(py: Python<'_>) -> PyResult<()> {
     ENABLED.store(false, Ordering::SeqCst);
     let disarmed = sync(py);
+    fast::flush_all();
     backend::stop(py).and(disarmed)
 }
 
@@ -109,8 +117,10 @@ fn sync(py: Python<'_>) -> PyResult<()> {
     }
     if want != 0 {
         if armed == 0 {
-            // Frames already running close without a trace.
+            // Frames already running close without a trace; a session
+            // that just started gets every definition again.
             hook::restart_nesting();
+            fast::new_epoch();
         }
         SHAPE.store(want, Ordering::SeqCst);
         ARMED.store(true, Ordering::SeqCst);
@@ -122,6 +132,7 @@ fn sync(py: Python<'_>) -> PyResult<()> {
     } else {
         ARMED.store(false, Ordering::SeqCst);
         SHAPE.store(0, Ordering::SeqCst);
+        fast::flush_all();
         backend::disarm(py)
     }
 }
@@ -172,6 +183,7 @@ fn start_watcher(py: Python<'_>) -> PyResult<()> {
 
 /// Stops the watcher (atexit: before the interpreter finalizes).
 pub fn stop_watcher(py: Python<'_>) {
+    fast::flush_all();
     WATCH_STOP.store(true, Ordering::SeqCst);
     let handle = WATCHER.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(handle) = handle {
@@ -186,12 +198,14 @@ pub fn stop_watcher(py: Python<'_>) {
 /// other at-fork hooks that run meanwhile would emit with LTTng's fork
 /// locks held, or in the child before it is re-registered.
 pub fn before_fork() {
+    fast::before_fork();
     hook::mute_current_thread(true);
     tp::before_fork();
 }
 
 pub fn after_fork_parent() {
     tp::after_fork_parent();
+    fast::after_fork_parent();
     hook::mute_current_thread(false);
 }
 
@@ -200,6 +214,7 @@ pub fn after_fork_parent() {
 /// the watcher thread, which did not survive the fork, starts anew.
 pub fn after_fork_child(py: Python<'_>) {
     tp::after_fork_child();
+    fast::after_fork_child();
     hook::restart_nesting();
     if ENABLED.load(Ordering::SeqCst) {
         // Still muted: nothing is emitted before `record` tracks this child.
@@ -296,6 +311,7 @@ fn ask_record(path: &std::path::Path) -> Result<(), String> {
 /// tracing. Release what `before_fork` took, trace nothing more.
 pub fn forked_for_exec() {
     tp::after_fork_parent();
+    fast::after_fork_parent();
     hook::mute_current_thread(false);
     ENABLED.store(false, Ordering::SeqCst);
     ARMED.store(false, Ordering::SeqCst);

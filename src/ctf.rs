@@ -37,6 +37,9 @@ enum Type {
     Enum(Box<Type>),
     Variant(String, Vec<(String, Type)>),
     Array(Box<Type>, usize),
+    /// A sequence: its length is the integer field just before it (as
+    /// LTTng-UST lays them out).
+    Seq(Box<Type>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -333,13 +336,17 @@ impl Parser {
             while self.is("[") {
                 self.next()?;
                 match self.next()? {
-                    Tok::Num(n) => dims.push(n as usize),
+                    Tok::Num(n) => dims.push(Some(n as usize)),
+                    Tok::Word(len) if out.last().is_some_and(|(n, _)| *n == len) => dims.push(None),
                     t => return Err(format!("sequence {t:?} (not supported)")),
                 }
                 self.punct("]")?;
             }
             for n in dims.into_iter().rev() {
-                t = Type::Array(Box::new(t), n);
+                t = match n {
+                    Some(n) => Type::Array(Box::new(t), n),
+                    None => Type::Seq(Box::new(t)),
+                };
             }
             self.punct(";")?;
             out.push((name, t));
@@ -459,7 +466,7 @@ fn align_of(t: &Type) -> u32 {
         Type::Struct(_, a) => *a,
         Type::Enum(base) => align_of(base),
         Type::Variant(_, opts) => opts.iter().map(|(_, t)| align_of(t)).max().unwrap_or(8),
-        Type::Array(e, _) => align_of(e),
+        Type::Array(e, _) | Type::Seq(e) => align_of(e),
     }
 }
 
@@ -508,6 +515,10 @@ enum Slot {
     Vpid,
     Vtid,
     Procname,
+    Id,
+    Tid,
+    Base,
+    Data,
 }
 
 #[derive(Clone, Copy)]
@@ -528,6 +539,11 @@ enum Op {
         len: usize,
         slot: Slot,
     },
+    /// A sequence of bytes, as long as the integer before it says.
+    Bytes {
+        align: usize,
+        slot: Slot,
+    },
 }
 
 fn slot(name: &str) -> Slot {
@@ -541,6 +557,10 @@ fn slot(name: &str) -> Slot {
         "vpid" => Slot::Vpid,
         "vtid" => Slot::Vtid,
         "procname" => Slot::Procname,
+        "id" => Slot::Id,
+        "tid" => Slot::Tid,
+        "base" => Slot::Base,
+        "data" => Slot::Data,
         _ => Slot::None,
     }
 }
@@ -582,6 +602,16 @@ fn compile(t: &Type, ops: &mut Vec<Op>, name: &str) -> Result<(), String> {
                 Ok(())
             }
             _ => Err(format!("array field {name} (not supported)")),
+        },
+        Type::Seq(elem) => match **elem {
+            Type::Int { size: 8, align, .. } if align % 8 == 0 => {
+                ops.push(Op::Bytes {
+                    align: (align / 8) as usize,
+                    slot: slot(name),
+                });
+                Ok(())
+            }
+            _ => Err(format!("sequence field {name} (not supported)")),
         },
         _ => Err(format!("field {name} (not supported)")),
     }
@@ -744,6 +774,10 @@ struct Decoded {
     line: i64,
     vpid: i64,
     vtid: i64,
+    def_id: i64,
+    /// A batch's base time (cycles) and records.
+    base: Option<u64>,
+    data: Span,
 }
 
 const S_NAME: usize = 0;
@@ -935,6 +969,9 @@ impl Stream {
             line: 0,
             vpid: 0,
             vtid: 0,
+            def_id: 0,
+            base: None,
+            data: Span::default(),
         };
         run(&layout.event_context, p, &mut at, &mut d)?;
         run(&class.ops, p, &mut at, &mut d)?;
@@ -965,6 +1002,7 @@ fn ns(meta: &Metadata, cycles: u64) -> i64 {
 }
 
 fn run(ops: &[Op], p: &[u8], at: &mut usize, d: &mut Decoded) -> Result<(), String> {
+    let mut last_int = 0;
     for op in ops {
         match *op {
             Op::Int {
@@ -984,9 +1022,12 @@ fn run(ops: &[Op], p: &[u8], at: &mut usize, d: &mut Decoded) -> Result<(), Stri
                 match slot {
                     Slot::Line => d.line = v,
                     Slot::Vpid => d.vpid = v,
-                    Slot::Vtid => d.vtid = v,
+                    Slot::Vtid | Slot::Tid => d.vtid = v,
+                    Slot::Id => d.def_id = v,
+                    Slot::Base => d.base = Some(raw),
                     _ => {}
                 }
+                last_int = raw;
                 *at = a + bytes;
             }
             Op::Str { slot } => {
@@ -999,6 +1040,17 @@ fn run(ops: &[Op], p: &[u8], at: &mut usize, d: &mut Decoded) -> Result<(), Stri
                 let bytes = p.get(a..a + len).ok_or("event beyond its packet")?;
                 let text = bytes.iter().position(|&b| b == 0).unwrap_or(len);
                 put(d, slot, Span(a as u32, text as u32));
+                *at = a + len;
+            }
+            Op::Bytes { align, slot } => {
+                let a = align_up(*at, align);
+                let len = last_int as usize;
+                if a + len > p.len() {
+                    return Err("event beyond its packet".into());
+                }
+                if slot == Slot::Data {
+                    d.data = Span(a as u32, len as u32);
+                }
                 *at = a + len;
             }
         }
@@ -1215,6 +1267,9 @@ pub fn read(
                     co_filename: text(p, d.strs[S_FILENAME]),
                     line: d.line,
                     exc_type: text(p, d.strs[S_EXC]),
+                    id: d.def_id,
+                    base_ns: d.base.map_or(0, |b| ns(&info.meta, b)),
+                    data: &p[d.data.0 as usize..(d.data.0 + d.data.1) as usize],
                 })
             }
         };

@@ -9,7 +9,6 @@
 //! callback never unwinds into CPython, never raises and never leaves or
 //! clears an exception. This file knows no backend.
 
-use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void, CStr, CString};
@@ -20,6 +19,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyCode, PyType};
 
+use crate::fast;
 use crate::ffi::cpython as cpy;
 use crate::ffi::lttng as tp;
 use crate::names;
@@ -173,12 +173,18 @@ pub fn frame_entered() -> bool {
     entered(|d| &mut d.frames)
 }
 
-/// A Python frame stops: `python:return` when its start was counted (since
-/// tracing was last armed) and a session records the event.
+/// A Python frame stops: `python:return` (and the fast mode's record) when
+/// its start was counted (since tracing was last armed) and a session
+/// records the event.
 #[inline]
 pub fn frame_left() {
-    if left(|d| &mut d.frames) && tp::on(tp::EV_RETURN) {
-        tp::emit_return();
+    if left(|d| &mut d.frames) {
+        if tp::on(tp::EV_RETURN) {
+            tp::emit_return();
+        }
+        if fast::on() {
+            fast::push(fast::RETURN, 0);
+        }
     }
 }
 
@@ -191,8 +197,13 @@ pub fn c_call_entered() -> bool {
 
 #[inline]
 pub fn c_call_left() {
-    if left(|d| &mut d.c_calls) && tp::on(tp::EV_C_RETURN) {
-        tp::emit_c_return();
+    if left(|d| &mut d.c_calls) {
+        if tp::on(tp::EV_C_RETURN) {
+            tp::emit_c_return();
+        }
+        if fast::on_c() {
+            fast::push(fast::C_RETURN, 0);
+        }
     }
 }
 
@@ -225,6 +236,9 @@ pub fn attached<T>(f: impl FnOnce(Python<'_>) -> T) -> Option<T> {
 /// object (co_extra), freed with it.
 struct CodeInfo {
     names: names::CodeNames,
+    /// The fast mode's id of the code's names without a module (what an
+    /// exception record names).
+    exc_def: fast::Def,
     /// The module name of the frames last run (see `module_name`): an
     /// immutable entry, published whole, so that threads running `code`
     /// at once (the free-threaded build) read it without a lock.
@@ -247,6 +261,8 @@ struct ModuleEntry {
     /// reused) and its UTF-8.
     name: *mut ffi::PyObject,
     text: CString,
+    /// The fast mode's id of (the code's names, this module).
+    def: fast::Def,
 }
 
 impl Drop for ModuleEntry {
@@ -266,6 +282,7 @@ impl CodeInfo {
     fn new(names: names::CodeNames) -> Self {
         CodeInfo {
             names,
+            exc_def: fast::Def::new(),
             module: AtomicPtr::new(std::ptr::null_mut()),
             retired: Mutex::new(Vec::new()),
         }
@@ -428,6 +445,21 @@ unsafe fn store_code_info<'a>(code: *mut ffi::PyObject, names: names::CodeNames)
     })
 }
 
+/// A module name: a cached entry, or (past `MAX_RETIRED`) this event's own.
+enum Module<'a> {
+    Entry(&'a ModuleEntry),
+    Once(CString),
+}
+
+impl Module<'_> {
+    fn text(&self) -> &CStr {
+        match self {
+            Module::Entry(entry) => &entry.text,
+            Module::Once(text) => text,
+        }
+    }
+}
+
 /// `__name__` of the frame's globals, as cached on `info`.
 ///
 /// # Safety
@@ -436,7 +468,7 @@ unsafe fn module_name<'a>(
     py: Python<'_>,
     info: &'a CodeInfo,
     globals: *mut ffi::PyObject,
-) -> Cow<'a, CStr> {
+) -> Module<'a> {
     let entry = info.module.load(Ordering::Acquire);
     // SAFETY: a published entry lives as long as `info` (replaced ones are
     // retired, not freed); `globals` is a live dict (caller).
@@ -444,7 +476,7 @@ unsafe fn module_name<'a>(
         if !entry.is_null() && !globals.is_null() && (*entry).globals == globals as usize {
             let version = cpy::dict_version(globals);
             if version != 0 && (*entry).version.load(Ordering::Acquire) == version {
-                return Cow::Borrowed(&(*entry).text);
+                return Module::Entry(&*entry);
             }
         }
     }
@@ -480,7 +512,7 @@ unsafe fn module_name<'a>(
             // The same name object: its text holds; only the version moved.
             (*entry).version.store(version, Ordering::Release);
             ffi::Py_XDECREF(name);
-            return Cow::Borrowed(&(*entry).text);
+            return Module::Entry(&*entry);
         }
     }
     // May run Python code (a str subclass's `__str__`).
@@ -500,13 +532,14 @@ unsafe fn module_name<'a>(
         version: AtomicU64::new(version),
         name,
         text,
+        def: fast::Def::new(),
     });
     let mut retired = info.retired.lock().unwrap_or_else(|e| e.into_inner());
     if retired.len() >= MAX_RETIRED {
         drop(retired);
         // Too many: this event's name only (the entry's reference is
         // released after, as releasing it may run Python code).
-        return Cow::Owned(new.text.clone());
+        return Module::Once(new.text.clone());
     }
     let new = Box::into_raw(new);
     let old = info.module.swap(new, Ordering::AcqRel);
@@ -516,32 +549,68 @@ unsafe fn module_name<'a>(
         retired.push(unsafe { Box::from_raw(old) });
     }
     // SAFETY: `new` is published; it lives as long as `info`.
-    Cow::Borrowed(unsafe { &(*new).text })
+    Module::Entry(unsafe { &*new })
 }
 
-/// `python:call` for a frame running `code` with `globals` (borrowed; may
-/// be null when unknown).
+/// `python:call` (when `readable`) and the fast mode's call record (when
+/// `fast`) for a frame running `code` with `globals` (borrowed; may be
+/// null when unknown).
 ///
 /// # Safety
 /// GIL held; `code` a live code object, `globals` null or a dict.
-pub unsafe fn emit_call(py: Python<'_>, code: *mut ffi::PyObject, globals: *mut ffi::PyObject) {
+pub unsafe fn emit_call(
+    py: Python<'_>,
+    code: *mut ffi::PyObject,
+    globals: *mut ffi::PyObject,
+    out: Out,
+) {
+    let Out { readable, fast } = out;
     // SAFETY: as the caller promises.
     unsafe {
         if let Some(info) = code_info(code) {
             let module = module_name(py, &info, globals);
             let n = &info.names;
-            tp::emit_call(
-                &n.co_name,
-                &n.co_qualname,
-                &module,
-                &n.co_filename,
-                n.co_firstlineno,
-            );
+            if readable {
+                tp::emit_call(
+                    &n.co_name,
+                    &n.co_qualname,
+                    module.text(),
+                    &n.co_filename,
+                    n.co_firstlineno,
+                );
+            }
+            if fast {
+                let define = |id| {
+                    tp::emit_fast_def(
+                        id,
+                        &n.co_name,
+                        &n.co_qualname,
+                        module.text(),
+                        &n.co_filename,
+                        n.co_firstlineno,
+                    )
+                };
+                let id = match &module {
+                    Module::Entry(entry) => entry.def.use_id(define),
+                    Module::Once(_) => {
+                        let id = fast::new_id();
+                        define(id);
+                        id
+                    }
+                };
+                fast::push(fast::CALL, id);
+            }
         } else {
             // No names to be had (the interpreter finalizing): the frame
             // is counted and its return will be emitted, so its call is
-            // too, nameless, to keep each thread's events paired.
-            tp::emit_call(c"?", c"?", c"", c"", 0);
+            // too, nameless, to keep each thread's events paired (id 0
+            // reads "?" in the fast mode).
+            if readable {
+                tp::emit_call(c"?", c"?", c"", c"", 0);
+            }
+            if fast {
+                fast::push(fast::CALL, 0);
+            }
         }
     }
 }
@@ -553,6 +622,8 @@ pub unsafe fn emit_call(py: Python<'_>, code: *mut ffi::PyObject, globals: *mut 
 /// reference's callback), so classes made at run time are freed as usual.
 struct CName {
     qualname: CString,
+    /// The fast mode's id of (name, qualname).
+    def: fast::Def,
     /// The definition's `ml_name` when the entry was made.
     name: CString,
     /// The function's `__module__` (a strong reference: compared by address).
@@ -594,9 +665,70 @@ fn forget_type(owner: usize) {
     drop(watched);
 }
 
+/// Which records a C call goes to: `python:c_call`, the fast mode's.
+#[derive(Clone, Copy)]
+pub struct Out {
+    pub readable: bool,
+    pub fast: bool,
+}
+
+impl Out {
+    /// What a frame's start goes to now.
+    #[inline]
+    pub fn call() -> Out {
+        Out {
+            readable: tp::on(tp::EV_CALL),
+            fast: fast::on(),
+        }
+    }
+
+    /// What a C call goes to now.
+    #[inline]
+    pub fn c_call() -> Out {
+        Out {
+            readable: tp::on(tp::EV_C_CALL),
+            fast: fast::on_c(),
+        }
+    }
+
+    /// What an exception goes to now.
+    #[inline]
+    pub fn exception() -> Out {
+        Out {
+            readable: tp::on(tp::EV_EXCEPTION),
+            fast: fast::on(),
+        }
+    }
+
+    #[inline]
+    pub fn any(self) -> bool {
+        self.readable || self.fast
+    }
+}
+
+/// A C call named (name, qualname): `def` its fast-mode id when cached,
+/// otherwise a fresh one, defined for this call.
+fn c_call_out(out: Out, name: &CStr, qualname: &CStr, def: Option<&fast::Def>) {
+    if out.readable {
+        tp::emit_c_call(name, qualname);
+    }
+    if out.fast {
+        let define = |id| tp::emit_fast_def(id, name, qualname, c"", c"", 0);
+        let id = match def {
+            Some(def) => def.use_id(define),
+            None => {
+                let id = fast::new_id();
+                define(id);
+                id
+            }
+        };
+        fast::push(fast::C_CALL, id);
+    }
+}
+
 /// # Safety
 /// GIL held; `func` is the live callable of a C_CALL event.
-pub unsafe fn emit_c_call(_py: Python<'_>, func: *mut ffi::PyObject) {
+pub unsafe fn emit_c_call(_py: Python<'_>, func: *mut ffi::PyObject, out: Out) {
     // SAFETY: `func` is live (caller).
     if unsafe { ffi::PyCFunction_Check(func) } == 0 {
         // Not a builtin function object: name it through its attributes.
@@ -616,15 +748,15 @@ pub unsafe fn emit_c_call(_py: Python<'_>, func: *mut ffi::PyObject) {
             })
         });
         match names {
-            Some((name, qualname)) => tp::emit_c_call(&name, &qualname),
-            None => tp::emit_c_call(c"?", c"?"), // finalizing: paired all the same
+            Some((name, qualname)) => c_call_out(out, &name, &qualname, None),
+            None => c_call_out(out, c"?", c"?", None), // finalizing: paired all the same
         }
         return;
     }
     // SAFETY: a builtin function object starts with these fields.
     unsafe {
         let f = func.cast::<cpy::CFunctionObject>();
-        emit_c_call_named((*f).m_ml, (*f).m_self, (*f).m_module);
+        emit_c_call_named((*f).m_ml, (*f).m_self, (*f).m_module, out);
     }
 }
 
@@ -638,6 +770,7 @@ pub unsafe fn emit_c_call_descriptor(
     _py: Python<'_>,
     descr: *mut ffi::PyObject,
     self_arg: *mut ffi::PyObject,
+    out: Out,
 ) {
     // SAFETY: `descr` is a method descriptor (caller).
     unsafe {
@@ -647,7 +780,7 @@ pub unsafe fn emit_c_call_descriptor(
         } else {
             self_arg
         };
-        emit_c_call_named((*d).d_method, owner, std::ptr::null_mut());
+        emit_c_call_named((*d).d_method, owner, std::ptr::null_mut(), out);
     }
 }
 
@@ -660,6 +793,7 @@ unsafe fn emit_c_call_named(
     ml: *mut ffi::PyMethodDef,
     owner: *mut ffi::PyObject,
     module: *mut ffi::PyObject,
+    out: Out,
 ) {
     // SAFETY: `ml` is live and its name a NUL-terminated string (caller).
     let name = unsafe { CStr::from_ptr((*ml).ml_name) };
@@ -683,7 +817,7 @@ unsafe fn emit_c_call_named(
                 .map_or(std::ptr::null_mut(), Py::as_ptr)
                 == module;
             if same_module && entry.name.as_c_str() == name {
-                tp::emit_c_call(name, &entry.qualname);
+                c_call_out(out, name, &entry.qualname, Some(&entry.def));
                 return;
             }
         }
@@ -703,9 +837,10 @@ unsafe fn emit_c_call_named(
                 ),
                 name: name.to_owned(),
                 module: module_obj.map(Bound::unbind),
+                def: fast::Def::new(),
             }
         });
-        tp::emit_c_call(name, &entry.qualname);
+        c_call_out(out, name, &entry.qualname, Some(&entry.def));
         // SAFETY: `owner_type` null or a live type.
         let heap_type = !owner_type.is_null()
             && unsafe { ffi::PyType_HasFeature(owner_type.cast(), ffi::Py_TPFLAGS_HEAPTYPE) } != 0;
@@ -720,7 +855,7 @@ unsafe fn emit_c_call_named(
     });
     if named.is_none() {
         // The interpreter finalizing: the call is counted, so emitted.
-        tp::emit_c_call(name, name);
+        c_call_out(out, name, name, None);
     }
 }
 
@@ -766,7 +901,11 @@ fn watch_type(py: Python<'_>, ty: *mut ffi::PyObject, ml: usize) -> bool {
     true
 }
 
-/// `python:exception` for an exception of type `exc_type` in `code` at `lineno`.
+/// The fast mode's ids of exception types, by name.
+static EXC_TYPES: Mutex<Option<HashMap<CString, fast::Def>>> = Mutex::new(None);
+
+/// `python:exception` and the fast mode's exception record (as `out`
+/// says) for an exception of type `exc_type` in `code` at `lineno`.
 ///
 /// # Safety
 /// GIL held; `code` a live code object.
@@ -775,8 +914,9 @@ pub unsafe fn emit_exception(
     exc_type: Option<&Bound<'_, PyType>>,
     code: *mut ffi::PyObject,
     lineno: c_int,
+    out: Out,
 ) {
-    if muted() {
+    if muted() || !(out.readable || out.fast) {
         return;
     }
     attached(|py| {
@@ -788,8 +928,26 @@ pub unsafe fn emit_exception(
             )
         });
         // SAFETY: as the caller promises.
-        if let Some(info) = unsafe { code_info(code) } {
-            tp::emit_exception(&exc_type, &info.names.co_qualname, lineno);
+        let Some(info) = (unsafe { code_info(code) }) else {
+            return;
+        };
+        let qualname = &info.names.co_qualname;
+        if out.readable {
+            tp::emit_exception(&exc_type, qualname, lineno);
+        }
+        if out.fast {
+            let code_id = info
+                .exc_def
+                .use_id(|id| tp::emit_fast_def(id, c"", qualname, c"", c"", 0));
+            let type_id = {
+                let mut types = EXC_TYPES.lock().unwrap_or_else(|e| e.into_inner());
+                types
+                    .get_or_insert_with(HashMap::new)
+                    .entry(exc_type.clone())
+                    .or_default()
+                    .use_id(|id| tp::emit_fast_def(id, &exc_type, &exc_type, c"", c"", 0))
+            };
+            fast::push_exception(code_id, lineno, type_id, &exc_type);
         }
     });
 }

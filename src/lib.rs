@@ -7,6 +7,8 @@
 
 mod control;
 mod ctf;
+mod decode;
+mod fast;
 mod ffi;
 mod hook;
 #[cfg(Py_3_12)]
@@ -16,6 +18,7 @@ mod names;
 mod profile;
 mod report;
 mod timeline;
+mod view;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyCode, PyDict};
@@ -39,16 +42,41 @@ fn is_enabled() -> bool {
     control::is_enabled()
 }
 
+/// `pyust view` of a trace with fast-mode batches: prints its `python:*`
+/// events as text. OSError when it cannot be read; KeyboardInterrupt on
+/// Ctrl-C.
+#[pyfunction]
+fn _view(py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
+    let mut interrupt = None;
+    let result = py.detach(|| {
+        view::view(&path, &mut || {
+            Python::attach(|py| match py.check_signals() {
+                Ok(()) => Ok(()),
+                Err(err) => {
+                    interrupt = Some(err);
+                    Err("interrupted".to_owned())
+                }
+            })
+        })
+    });
+    match (result, interrupt) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(err)) => Err(err),
+        (Err(msg), None) => Err(pyo3::exceptions::PyOSError::new_err(msg)),
+    }
+}
+
 /// How pyust hooks this interpreter: "sys.monitoring" (3.12+) or "profile".
 #[pyfunction]
 fn backend() -> &'static str {
     control::backend_name()
 }
 
-/// Whether some LTTng session currently records `python:call`.
+/// Whether some LTTng session currently records `python:call` or the
+/// fast mode's batches.
 #[pyfunction]
 fn session_active() -> bool {
-    ffi::lttng::on(ffi::lttng::EV_CALL)
+    ffi::lttng::on(ffi::lttng::EV_CALL) || ffi::lttng::on(ffi::lttng::EV_FAST)
 }
 
 /// Run `code` with `globals` as its namespace, traced (the launcher's body).
@@ -423,6 +451,7 @@ fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_stop_watcher, m)?)?;
     m.add_function(wrap_pyfunction!(_armed, m)?)?;
     m.add_function(wrap_pyfunction!(_report, m)?)?;
+    m.add_function(wrap_pyfunction!(_view, m)?)?;
     #[cfg(feature = "bench")]
     m.add_function(wrap_pyfunction!(_bench_floor, m)?)?;
     m.add_class::<Tracing>()?;

@@ -24,7 +24,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyType;
 
 use crate::ffi::lttng as tp;
-use crate::hook::{self, ENABLED};
+use crate::hook::{self, Out, ENABLED};
 
 pub const NAME: &str = "sys.monitoring";
 
@@ -156,16 +156,34 @@ fn set_events(py: Python<'_>, events: u32) -> PyResult<()> {
     Ok(())
 }
 
-/// One shape: sys.monitoring's callbacks cost nothing for events that
-/// are not recorded (each callback checks its event's flag first).
+/// Every event: calls, C calls, exceptions.
 pub const FULL_SHAPE: u8 = 1;
+/// Python frames and exceptions only: no session records C calls, so the
+/// interpreter does not report them (CALL fires for every call).
+const PYTHON_SHAPE: u8 = 2;
+
+/// The monitoring events of C calls.
+const C_EVENTS: [&str; 3] = ["CALL", "C_RETURN", "C_RAISE"];
 
 pub fn shape(mask: std::ffi::c_int) -> u8 {
-    u8::from(mask != 0)
+    if mask == 0 {
+        0
+    } else if mask & (tp::EV_C_CALL | tp::EV_C_RETURN | tp::EV_FAST_C) != 0 {
+        FULL_SHAPE
+    } else {
+        PYTHON_SHAPE
+    }
 }
 
-pub fn arm(py: Python<'_>, _shape: u8) -> PyResult<()> {
-    set_events(py, event_set(py)?)
+pub fn arm(py: Python<'_>, shape: u8) -> PyResult<()> {
+    let mut events = event_set(py)?;
+    if shape == PYTHON_SHAPE {
+        let names = py.import("sys")?.getattr("monitoring")?.getattr("events")?;
+        for event in C_EVENTS {
+            events &= !names.getattr(event)?.extract::<u32>()?;
+        }
+    }
+    set_events(py, events)
 }
 
 pub fn disarm(py: Python<'_>) -> PyResult<()> {
@@ -222,16 +240,20 @@ unsafe extern "C" fn on_start(
         // in the new frame, whose globals are current.
         unsafe {
             let code = arg(args, nargs, 0);
-            if hook::frame_entered() && !code.is_null() && tp::on(tp::EV_CALL) {
+            if !hook::frame_entered() || code.is_null() {
+                return;
+            }
+            let out = Out::call();
+            if out.any() {
                 #[cfg(Py_3_13)]
                 {
                     // A new reference (PyEval_GetGlobals is deprecated in 3.13).
                     let globals = ffi::PyEval_GetFrameGlobals();
-                    hook::emit_call(py, code, globals);
+                    hook::emit_call(py, code, globals, out);
                     ffi::Py_XDECREF(globals);
                 }
                 #[cfg(not(Py_3_13))]
-                hook::emit_call(py, code, ffi::PyEval_GetGlobals());
+                hook::emit_call(py, code, ffi::PyEval_GetGlobals(), out);
             }
         }
     })
@@ -261,7 +283,8 @@ unsafe extern "C" fn on_raise(
                 arg(args, nargs, 1),
                 arg(args, nargs, 2),
             );
-            if code.is_null() || exc.is_null() || !tp::on(tp::EV_EXCEPTION) {
+            let out = Out::exception();
+            if code.is_null() || exc.is_null() || !out.any() {
                 return;
             }
             let offset = ffi::PyLong_AsLong(offset);
@@ -272,7 +295,7 @@ unsafe extern "C" fn on_raise(
             let exc_type = Bound::from_borrowed_ptr(py, ffi::Py_TYPE(exc).cast::<ffi::PyObject>())
                 .cast_into::<PyType>()
                 .ok();
-            hook::emit_exception(py, exc_type.as_ref(), code, lineno);
+            hook::emit_exception(py, exc_type.as_ref(), code, lineno, out);
         }
     })
 }
@@ -304,13 +327,17 @@ unsafe extern "C" fn on_call(
             if !is_c_function(callable) {
                 return;
             }
-            if !hook::c_call_entered() || !tp::on(tp::EV_C_CALL) {
+            if !hook::c_call_entered() {
+                return;
+            }
+            let out = Out::c_call();
+            if !out.any() {
                 return;
             }
             if ffi::PyCFunction_Check(callable) != 0 {
-                hook::emit_c_call(py, callable);
+                hook::emit_c_call(py, callable, out);
             } else {
-                hook::emit_c_call_descriptor(py, callable, arg(args, nargs, 3));
+                hook::emit_c_call_descriptor(py, callable, arg(args, nargs, 3), out);
             }
         }
     })

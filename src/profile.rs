@@ -22,7 +22,7 @@ use pyo3::types::{PyTuple, PyType};
 
 use crate::ffi::cpython as cpy;
 use crate::ffi::lttng as tp;
-use crate::hook::{self, ARMED, ENABLED};
+use crate::hook::{self, Out, ARMED, ENABLED};
 use crate::names;
 
 pub const NAME: &str = "profile";
@@ -175,7 +175,13 @@ unsafe fn emit_exception(_py: Python<'_>, frame: *mut ffi::PyFrameObject, arg: *
                 }
             }
             let lineno = ffi::PyFrame_GetLineNumber(frame);
-            hook::emit_exception(py, exc_type.as_ref(), frame_code(frame), lineno);
+            hook::emit_exception(
+                py,
+                exc_type.as_ref(),
+                frame_code(frame),
+                lineno,
+                Out::exception(),
+            );
         }
     });
 }
@@ -325,18 +331,22 @@ unsafe fn profile_event(
     // `arg` is the callable of the C events.
     unsafe {
         match what {
-            ffi::PyTrace_CALL if hook::frame_entered() && tp::on(tp::EV_CALL) => {
-                let globals = frame_globals(frame);
-                hook::emit_call(py, frame_code(frame), globals);
-                release_globals(globals);
+            ffi::PyTrace_CALL if hook::frame_entered() => {
+                let out = Out::call();
+                if out.any() {
+                    let globals = frame_globals(frame);
+                    hook::emit_call(py, frame_code(frame), globals, out);
+                    release_globals(globals);
+                }
             }
             ffi::PyTrace_CALL => {}
             ffi::PyTrace_RETURN => hook::frame_left(),
             // Counted even when the event is off (the guard runs in order).
-            ffi::PyTrace_C_CALL
-                if !hook::is_own(arg) && hook::c_call_entered() && tp::on(tp::EV_C_CALL) =>
-            {
-                hook::emit_c_call(py, arg);
+            ffi::PyTrace_C_CALL if !hook::is_own(arg) && hook::c_call_entered() => {
+                let out = Out::c_call();
+                if out.any() {
+                    hook::emit_c_call(py, arg, out);
+                }
             }
             ffi::PyTrace_C_RETURN | ffi::PyTrace_C_EXCEPTION if !hook::is_own(arg) => {
                 hook::c_call_left();
@@ -398,7 +408,7 @@ unsafe fn trace_event(
                 }),
             }
         }
-        ffi::PyTrace_EXCEPTION if ARMED.load(Ordering::Relaxed) && tp::on(tp::EV_EXCEPTION) => {
+        ffi::PyTrace_EXCEPTION if ARMED.load(Ordering::Relaxed) && Out::exception().any() => {
             // SAFETY: as the caller promises.
             unsafe { emit_exception(py, frame, arg) };
         }
@@ -419,7 +429,7 @@ pub const FULL_SHAPE: u8 = PROFILE | TRACE;
 pub fn shape(mask: c_int) -> u8 {
     match mask {
         0 => 0,
-        m if m & tp::EV_EXCEPTION != 0 => FULL_SHAPE,
+        m if m & (tp::EV_EXCEPTION | tp::EV_FAST) != 0 => FULL_SHAPE,
         _ => PROFILE,
     }
 }

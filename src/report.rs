@@ -15,7 +15,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::ffi::bt2::{self, Discarded, Event, Kind, Message};
+use crate::ffi::bt2::{Discarded, Event, Kind, Message};
 use crate::timeline::{Dropped, Limits, Slice, Timeline, Track};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,6 +226,8 @@ struct Analysis<'o> {
     threads_seen: u32,
     /// What the timeline's limits left out, once it is written.
     timeline_dropped: Option<Dropped>,
+    /// The fast mode's batches, unpacked.
+    fast: crate::decode::Stats,
 }
 
 /// Reads `trace` and returns the table; writes the files `opts` names
@@ -288,6 +290,7 @@ fn run(
         no_thread_context: false,
         threads_seen: 0,
         timeline_dropped: None,
+        fast: crate::decode::Stats::default(),
     };
     let mut seen = 0u64;
     let mut progress = Progress::new(trace);
@@ -301,21 +304,7 @@ fn run(
         }
         analysis.message(message)
     };
-    // LTTng-UST's traces through pyust's own reader, anything it does not
-    // understand through libbabeltrace2. PYUST_REPORT_READER=babeltrace2
-    // or =pyust picks one (the latter fails where it cannot read).
-    let choice = std::env::var("PYUST_REPORT_READER").unwrap_or_default();
-    if choice == "babeltrace2" {
-        bt2::read(trace, &mut each)?;
-    } else if let Some(why) = crate::ctf::read(trace, &mut each)? {
-        if choice == "pyust" {
-            return Err(format!(
-                "pyust's trace reader cannot read {}: {why}",
-                trace.display()
-            ));
-        }
-        bt2::read(trace, &mut each)?;
-    }
+    analysis.fast = crate::decode::read(trace, &mut each)?;
     drop(progress);
     analysis.finish()?;
     let table = analysis.table(trace);
@@ -570,6 +559,7 @@ impl Analysis<'_> {
                     }
                 }
             }
+            Kind::Def | Kind::Batch => {} // unpacked before (decode.rs)
             Kind::Exception => {
                 if let Some(t) = &mut tables.timeline {
                     t.instant(
@@ -664,6 +654,36 @@ impl Analysis<'_> {
             self.threads.len(),
             span as f64 / 1e9
         );
+        let fast = &self.fast;
+        if fast.batches > 0 {
+            let _ = writeln!(
+                out,
+                "fast mode: {} event(s) unpacked from {} batch(es)",
+                fast.events, fast.batches
+            );
+        }
+        if fast.unresolved > 0 {
+            let _ = writeln!(
+                out,
+                "{} event(s) of ids with no definition in the trace (recording started while \
+                 the program ran; definitions are sent again every second): named ?",
+                fast.unresolved
+            );
+        }
+        if fast.late > 0 {
+            let _ = writeln!(
+                out,
+                "{} event(s) of batches committed late: out of time order across threads",
+                fast.late
+            );
+        }
+        if fast.bad > 0 {
+            let _ = writeln!(
+                out,
+                "{} batch(es) cut short: their last records skipped",
+                fast.bad
+            );
+        }
         if let Some(d) = &self.timeline_dropped {
             let _ = writeln!(out, "{}", d.summary(&self.opts.limits));
         }

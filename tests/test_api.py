@@ -166,7 +166,7 @@ def test_session_active_and_tracepoints(session: Session) -> None:
     proc = run_python(
         "-c", "import pyust; print(pyust.session_active(), pyust._pyust._tracepoints)"
     )
-    assert proc.stdout.split() == ["True", "5"]
+    assert proc.stdout.split() == ["True", "9"]
 
 
 def test_exception_events_enabled_in_a_running_session(sessiond: None, tmp_path: Path) -> None:

@@ -111,6 +111,15 @@ python:c_call, python:c_return, python:exception).
 # The channel `pyust record` creates: large sub-buffers so bursts of calls
 # fit; when they overflow LTTng discards events and `record` says how many.
 CHANNEL = "pyust"
+# The fast mode's definitions (python_fast:def) have a channel of their
+# own, so that the records' ring buffers (or --max-size's rotation, or a
+# flight recorder's overwriting) never take them out from under the
+# records that use them.
+DEFS_CHANNEL = "pyust_defs"
+DEFS_SUBBUF = 256 * 1024
+DEFS_NUM_SUBBUF = 4
+MODES = ("fast", "readable")
+DEFAULT_MODE = "readable"
 NUM_SUBBUF = 8
 MAX_SUBBUF = 4 << 20
 MIN_SUBBUF = 64 << 10
@@ -711,7 +720,12 @@ class FlightRecorder:
     thread also says each new folder as it appears.
     """
 
-    def __init__(self, lttng: str, session: str, output: str, exc_types: list[str]) -> None:
+    def __init__(
+        self, lttng: str, session: str, output: str, exc_types: list[str], mode: str
+    ) -> None:
+        # The event a trigger matches: in the fast mode, the one event
+        # that names an exception as it is committed.
+        self.exception_event = "python_fast:exception" if mode == "fast" else "python:exception"
         self.lttng = lttng
         self.session = session
         self.output = output
@@ -755,7 +769,7 @@ class FlightRecorder:
                 f"--name={name}",
                 "--condition=event-rule-matches",
                 "--type=user",
-                "--name=python:exception",
+                f"--name={self.exception_event}",
                 f"--filter={rule}",
                 "--action=snapshot-session",
                 self.session,
@@ -849,6 +863,8 @@ def record(argv: list[str]) -> int:
     flight = False
     buffer: int | None = None
     exc_types: list[str] = []
+    mode = DEFAULT_MODE
+    c_calls = True
     while argv:
         arg = argv[0]
         name = arg.partition("=")[0] if arg.startswith("--") else arg
@@ -863,6 +879,12 @@ def record(argv: list[str]) -> int:
             max_size = parse_max_size(value)
         elif arg == "--flight-recorder":
             flight, argv = True, argv[1:]
+        elif name == "--mode":
+            mode, argv = _option_value(argv, "fast or readable")
+            if mode not in MODES:
+                fail(f"--mode {mode}: fast or readable")
+        elif arg == "--no-c-calls":
+            c_calls, argv = False, argv[1:]
         elif name == "--buffer":
             value, argv = _option_value(argv, "a size (e.g. 64M)")
             buffer = parse_max_size(value)
@@ -951,7 +973,7 @@ def record(argv: list[str]) -> int:
                 os.makedirs(output, exist_ok=True)
             except OSError as exc:
                 fail(f"cannot make the output folder {output}: {exc.strerror}")
-            recorder = FlightRecorder(lttng, session, output, exc_types)
+            recorder = FlightRecorder(lttng, session, output, exc_types, mode)
             _check(
                 _run_lttng(
                     lttng, "create", session, "--snapshot", "--no-output", *trace_format(lttng)
@@ -990,6 +1012,49 @@ def record(argv: list[str]) -> int:
             ),
             "enable-channel",
         )
+        channels = [CHANNEL]
+        if mode == "fast":
+            events = ["python_fast:batch"]
+            if c_calls:
+                events.append("python_fast:c_calls")
+            if exc_types:
+                events.append("python_fast:exception")
+            defs_limits = []
+            if limits:
+                defs_size = max(tracefile // 8, DEFS_SUBBUF)
+                defs_limits = [
+                    f"--tracefile-size={defs_size}",
+                    f"--tracefile-count={TRACEFILES_PER_STREAM}",
+                ]
+            _check(
+                _run_lttng(
+                    lttng,
+                    "enable-channel",
+                    "--userspace",
+                    f"--session={session}",
+                    f"--subbuf-size={DEFS_SUBBUF}",
+                    f"--num-subbuf={DEFS_NUM_SUBBUF}",
+                    *defs_limits,
+                    DEFS_CHANNEL,
+                ),
+                "enable-channel",
+            )
+            _check(
+                _run_lttng(
+                    lttng,
+                    "enable-event",
+                    "--userspace",
+                    f"--session={session}",
+                    f"--channel={DEFS_CHANNEL}",
+                    "python_fast:def",
+                ),
+                "enable-event",
+            )
+            channels.append(DEFS_CHANNEL)
+        elif c_calls:
+            events = ["python:*"]
+        else:
+            events = ["python:call", "python:return", "python:exception"]
         _check(
             _run_lttng(
                 lttng,
@@ -997,23 +1062,24 @@ def record(argv: list[str]) -> int:
                 "--userspace",
                 f"--session={session}",
                 f"--channel={CHANNEL}",
-                "python:*",
+                ",".join(events),
             ),
             "enable-event",
         )
-        _check(
-            _run_lttng(
-                lttng,
+        for channel in channels:
+            _check(
+                _run_lttng(
+                    lttng,
+                    "add-context",
+                    "--userspace",
+                    f"--session={session}",
+                    f"--channel={channel}",
+                    "--type=vpid",
+                    "--type=vtid",
+                    "--type=procname",
+                ),
                 "add-context",
-                "--userspace",
-                f"--session={session}",
-                f"--channel={CHANNEL}",
-                "--type=vpid",
-                "--type=vtid",
-                "--type=procname",
-            ),
-            "add-context",
-        )
+            )
         env = dict(os.environ)
         if recorder is not None:
             # SIGUSR1 to the program comes here (see run_traced).
@@ -1133,7 +1199,31 @@ def _say(line: str) -> None:
 # `pyust view`
 
 
+def holds_fast_events(path: str) -> bool:
+    """Whether a trace folder's metadata declares the fast mode's batches."""
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        if "metadata" in files:
+            try:
+                with open(os.path.join(root, "metadata"), "rb") as f:
+                    if b"python_fast:batch" in f.read():
+                        return True
+            except OSError:
+                pass
+            dirs.clear()
+    return False
+
+
 def show(path: str) -> None:
+    if holds_fast_events(path):
+        # The batches are unpacked by pyust itself, into the same text.
+        from . import _pyust
+
+        try:
+            _pyust._view(path)
+        except OSError as exc:
+            fail(f"cannot read {path}: {exc}")
+        return
     babeltrace = shutil.which("babeltrace2")
     if babeltrace is None:
         fail("viewing a trace needs babeltrace2 (apt-get install babeltrace2)")

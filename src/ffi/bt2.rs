@@ -35,6 +35,7 @@ const BT_PROPERTY_AVAILABILITY_AVAILABLE: c_int = 1;
 const BT_FIELD_CLASS_TYPE_INTEGER: u64 = 1 << 2;
 const BT_FIELD_CLASS_TYPE_SIGNED_INTEGER: u64 = (1 << 4) | BT_FIELD_CLASS_TYPE_INTEGER;
 const BT_FIELD_CLASS_TYPE_STRING: u64 = 1 << 9;
+const BT_FIELD_CLASS_TYPE_ARRAY: u64 = 1 << 11;
 
 type InitFn = unsafe extern "C" fn(*mut Obj, *mut c_void) -> c_int;
 type ConsumeFn = unsafe extern "C" fn(*mut Obj, *mut c_void) -> c_int;
@@ -122,6 +123,9 @@ api! {
     bt_field_string_get_length: fn(*const Obj) -> u64;
     bt_field_integer_signed_get_value: fn(*const Obj) -> i64;
     bt_field_integer_unsigned_get_value: fn(*const Obj) -> u64;
+    bt_field_array_get_length: fn(*const Obj) -> u64;
+    bt_field_array_borrow_element_field_by_index_const: fn(*const Obj, u64) -> *const Obj;
+    bt_clock_snapshot_get_value: fn(*const Obj) -> u64;
     bt_message_discarded_events_get_count: fn(*const Obj, *mut u64) -> c_int;
     bt_message_discarded_events_borrow_stream_const: fn(*const Obj) -> *const Obj;
     bt_message_discarded_events_borrow_beginning_default_clock_snapshot_const: fn(*const Obj) -> *const Obj;
@@ -175,6 +179,10 @@ pub enum Kind {
     CCall,
     CReturn,
     Exception,
+    /// `python_fast:def`: the names of an id.
+    Def,
+    /// `python_fast:batch`: packed events of one thread.
+    Batch,
 }
 
 impl Kind {
@@ -186,6 +194,8 @@ impl Kind {
             b"python:c_call" => Some(Kind::CCall),
             b"python:c_return" => Some(Kind::CReturn),
             b"python:exception" => Some(Kind::Exception),
+            b"python_fast:def" => Some(Kind::Def),
+            b"python_fast:batch" => Some(Kind::Batch),
             _ => None,
         }
     }
@@ -209,6 +219,12 @@ pub struct Event<'a> {
     /// `co_firstlineno` of a call, `lineno` of an exception.
     pub line: i64,
     pub exc_type: &'a str,
+    /// A definition's id.
+    pub id: i64,
+    /// A batch's base time, in ns from the clock's origin (as `ns`), and
+    /// its records; `vtid` is then the batch's `tid` field.
+    pub base_ns: i64,
+    pub data: &'a [u8],
 }
 
 /// Events the tracer recorded but LTTng could not keep (full buffers).
@@ -240,7 +256,7 @@ struct ClassInfo {
 /// its list, (index, integer is signed), or None when absent.
 #[derive(Default)]
 struct Fields {
-    slots: [Option<(u64, bool)>; 7],
+    slots: [Option<(u64, bool)>; 11],
 }
 
 // Positions in `PAYLOAD_NAMES` and `CONTEXT_NAMES`.
@@ -251,11 +267,15 @@ const CO_FILENAME: usize = 3;
 const CO_FIRSTLINENO: usize = 4;
 const LINENO: usize = 5;
 const EXC_TYPE: usize = 6;
+const ID: usize = 7;
+const TID: usize = 8;
+const BASE: usize = 9;
+const DATA: usize = 10;
 const VPID: usize = 0;
 const VTID: usize = 1;
 const PROCNAME: usize = 2;
 
-const PAYLOAD_NAMES: [&str; 7] = [
+const PAYLOAD_NAMES: [&str; 11] = [
     "co_name",
     "co_qualname",
     "module",
@@ -263,6 +283,10 @@ const PAYLOAD_NAMES: [&str; 7] = [
     "co_firstlineno",
     "lineno",
     "exc_type",
+    "id",
+    "tid",
+    "base",
+    "data",
 ];
 const CONTEXT_NAMES: [&str; 3] = ["vpid", "vtid", "procname"];
 
@@ -272,6 +296,8 @@ struct Sink<'f> {
     classes: HashMap<usize, ClassInfo>,
     callback: &'f mut dyn FnMut(Message<'_>) -> Result<(), String>,
     error: Option<String>,
+    /// A batch's records, copied out of babeltrace2's fields.
+    data: Vec<u8>,
 }
 
 /// Reads every trace under `root` (each directory holding a `metadata`
@@ -297,6 +323,7 @@ pub fn read(
         classes: HashMap::new(),
         callback,
         error: None,
+        data: Vec::new(),
     };
     // SAFETY: the graph below is built and run on this thread; every
     // object taken is put back before returning (`Graph` drops it on any
@@ -558,9 +585,11 @@ impl Sink<'_> {
                         return (self.callback)(Message::Other);
                     };
                     let mut ns = 0;
+                    let mut origin = 0; // the clock's origin, in ns at 1 GHz
                     let clock = (api.bt_message_event_borrow_default_clock_snapshot_const)(message);
                     if !clock.is_null() {
                         (api.bt_clock_snapshot_get_ns_from_origin)(clock, &mut ns);
+                        origin = ns.wrapping_sub((api.bt_clock_snapshot_get_value)(clock) as i64);
                     }
                     let payload = (api.bt_event_borrow_payload_field_const)(event);
                     let context = (api.bt_event_borrow_common_context_field_const)(event);
@@ -570,11 +599,18 @@ impl Sink<'_> {
                         0 => p.int(api, payload, LINENO),
                         n => n,
                     };
+                    let (mut vtid, mut base_ns) = (c.int(api, context, VTID), 0);
+                    self.data.clear();
+                    if kind == Kind::Batch {
+                        vtid = p.int(api, payload, TID);
+                        base_ns = origin.wrapping_add(p.int(api, payload, BASE));
+                        p.bytes(api, payload, DATA, &mut self.data);
+                    }
                     let ev = Event {
                         kind,
                         ns,
                         vpid: c.int(api, context, VPID),
-                        vtid: c.int(api, context, VTID),
+                        vtid,
                         procname: c.str(api, context, PROCNAME),
                         stream: (api.bt_event_borrow_stream_const)(event) as usize,
                         co_name: p.str(api, payload, CO_NAME),
@@ -583,6 +619,9 @@ impl Sink<'_> {
                         co_filename: p.str(api, payload, CO_FILENAME),
                         line,
                         exc_type: p.str(api, payload, EXC_TYPE),
+                        id: p.int(api, payload, ID),
+                        base_ns,
+                        data: &self.data,
                     };
                     (self.callback)(Message::Event(ev))
                 }
@@ -695,6 +734,7 @@ impl Fields {
                 ));
                 if ty & BT_FIELD_CLASS_TYPE_STRING == BT_FIELD_CLASS_TYPE_STRING
                     || ty & BT_FIELD_CLASS_TYPE_INTEGER == BT_FIELD_CLASS_TYPE_INTEGER
+                    || ty & BT_FIELD_CLASS_TYPE_ARRAY == BT_FIELD_CLASS_TYPE_ARRAY
                 {
                     let signed = ty & BT_FIELD_CLASS_TYPE_SIGNED_INTEGER
                         == BT_FIELD_CLASS_TYPE_SIGNED_INTEGER;
@@ -722,6 +762,24 @@ impl Fields {
             }
             let len = (api.bt_field_string_get_length)(member) as usize;
             std::str::from_utf8(std::slice::from_raw_parts(ptr.cast::<u8>(), len)).unwrap_or("?")
+        }
+    }
+
+    /// Array-of-bytes member `slot` of `field`, appended to `out`.
+    unsafe fn bytes(&self, api: &Api, field: *const Obj, slot: usize, out: &mut Vec<u8>) {
+        // SAFETY: the caller upholds this function's contract (see its doc).
+        unsafe {
+            let Some((index, _)) = self.slots[slot] else {
+                return;
+            };
+            if field.is_null() {
+                return;
+            }
+            let member = (api.bt_field_structure_borrow_member_field_by_index_const)(field, index);
+            for i in 0..(api.bt_field_array_get_length)(member) {
+                let byte = (api.bt_field_array_borrow_element_field_by_index_const)(member, i);
+                out.push((api.bt_field_integer_unsigned_get_value)(byte) as u8);
+            }
         }
     }
 

@@ -7,11 +7,17 @@
 
 use std::ffi::{c_char, c_int, CStr};
 
+#[repr(C)]
+struct Timespec {
+    sec: i64,
+    nsec: i64,
+}
+
 mod raw {
     use super::*;
     extern "C" {
         pub fn pyust_tp_count() -> c_int;
-        pub static pyust_tp_states: [*const c_int; 5];
+        pub static pyust_tp_states: [*const c_int; 8];
         pub fn pyust_tp_emit_call(
             co_name: *const c_char,
             co_qualname: *const c_char,
@@ -27,6 +33,18 @@ mod raw {
             co_qualname: *const c_char,
             lineno: i32,
         );
+        pub fn pyust_tp_emit_fast_def(
+            id: u32,
+            co_name: *const c_char,
+            co_qualname: *const c_char,
+            module: *const c_char,
+            co_filename: *const c_char,
+            co_firstlineno: i32,
+        );
+        pub fn pyust_tp_emit_fast_batch(tid: i32, base: u64, data: *const u8, len: u16);
+        pub fn pyust_tp_emit_fast_exception(exc_type: *const c_char);
+        pub fn pyust_gettid() -> i32;
+        pub fn clock_gettime(clock: c_int, ts: *mut Timespec) -> c_int;
         pub fn pyust_tp_before_fork();
         pub fn pyust_tp_after_fork_parent();
         pub fn pyust_tp_after_fork_child();
@@ -40,9 +58,15 @@ pub const EV_RETURN: c_int = 2;
 pub const EV_C_CALL: c_int = 4;
 pub const EV_C_RETURN: c_int = 8;
 pub const EV_EXCEPTION: c_int = 16;
+/// `python_fast:batch`: the fast mode records.
+pub const EV_FAST: c_int = 32;
+/// `python_fast:c_calls`: the fast mode's batches hold C calls too.
+pub const EV_FAST_C: c_int = 64;
+/// `python_fast:exception` (not part of [`enabled`]: it goes with `EV_FAST`).
+pub const EV_FAST_EXC: c_int = 128;
 
-/// How many `python:*` tracepoints this module defines (5 when the
-/// provider was linked in whole).
+/// How many tracepoints this module defines (9 when the `python` and
+/// `python_fast` providers were linked in whole).
 pub fn tracepoint_count() -> c_int {
     // SAFETY: reads two link-time addresses.
     unsafe { raw::pyust_tp_count() }
@@ -64,10 +88,18 @@ pub fn on(ev: c_int) -> bool {
 /// Which events are enabled right now, as a mask of `EV_*` bits.
 #[inline]
 pub fn enabled() -> c_int {
-    [EV_CALL, EV_RETURN, EV_C_CALL, EV_C_RETURN, EV_EXCEPTION]
-        .into_iter()
-        .filter(|&ev| on(ev))
-        .fold(0, |mask, ev| mask | ev)
+    [
+        EV_CALL,
+        EV_RETURN,
+        EV_C_CALL,
+        EV_C_RETURN,
+        EV_EXCEPTION,
+        EV_FAST,
+        EV_FAST_C,
+    ]
+    .into_iter()
+    .filter(|&ev| on(ev))
+    .fold(0, |mask, ev| mask | ev)
 }
 
 #[inline]
@@ -106,6 +138,58 @@ pub fn emit_c_return() {
 pub fn emit_exception(exc_type: &CStr, qualname: &CStr, lineno: i32) {
     // SAFETY: both pointers are NUL-terminated strings borrowed for the call.
     unsafe { raw::pyust_tp_emit_exception(exc_type.as_ptr(), qualname.as_ptr(), lineno) }
+}
+
+/// `python_fast:def`: the names of id `id`.
+pub fn emit_fast_def(
+    id: u32,
+    name: &CStr,
+    qualname: &CStr,
+    module: &CStr,
+    filename: &CStr,
+    firstlineno: i32,
+) {
+    // SAFETY: all pointers are NUL-terminated strings borrowed for the call.
+    unsafe {
+        raw::pyust_tp_emit_fast_def(
+            id,
+            name.as_ptr(),
+            qualname.as_ptr(),
+            module.as_ptr(),
+            filename.as_ptr(),
+            firstlineno,
+        )
+    }
+}
+
+/// `python_fast:batch`: thread `tid`'s records (`data`, at most 64 KiB).
+pub fn emit_fast_batch(tid: i32, base: u64, data: &[u8]) {
+    let len = u16::try_from(data.len()).unwrap_or(u16::MAX);
+    // SAFETY: `data` is readable for `len` bytes, copied before the return.
+    unsafe { raw::pyust_tp_emit_fast_batch(tid, base, data.as_ptr(), len) }
+}
+
+/// `python_fast:exception`: the type name of the exception just committed.
+pub fn emit_fast_exception(exc_type: &CStr) {
+    // SAFETY: a NUL-terminated string borrowed for the call.
+    unsafe { raw::pyust_tp_emit_fast_exception(exc_type.as_ptr()) }
+}
+
+/// The calling thread's id (what LTTng's `vtid` context records).
+pub fn gettid() -> i32 {
+    // SAFETY: a system call with no argument.
+    unsafe { raw::pyust_gettid() }
+}
+
+/// Nanoseconds on the clock LTTng-UST stamps events with (its default
+/// clock, CLOCK_MONOTONIC: no clock plugin is loaded by pyust).
+#[inline]
+pub fn clock_ns() -> u64 {
+    const CLOCK_MONOTONIC: c_int = 1;
+    let mut ts = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: `ts` is a valid timespec for the call to fill (64-bit Linux).
+    unsafe { raw::clock_gettime(CLOCK_MONOTONIC, &mut ts) };
+    ts.sec as u64 * 1_000_000_000 + ts.nsec as u64
 }
 
 /// LTTng-UST's fork protocol; Python's `os.register_at_fork` calls these.

@@ -9,6 +9,7 @@
 #define LTTNG_UST_TRACEPOINT_CREATE_PROBES
 #define LTTNG_UST_TRACEPOINT_DEFINE
 #include "python_tp.h"
+#include "fast_tp.h"
 #ifdef PYUST_BENCH
 #include "proto_tp.h" /* the prototype's provider, for the benchmark */
 #endif
@@ -16,7 +17,9 @@
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
+#include <unistd.h>
 #include <lttng/ust-fork.h>
 
 /*
@@ -36,16 +39,19 @@ int pyust_tp_count(void)
 }
 
 /*
- * The enabled flags of the five events (what lttng_ust_tracepoint_enabled()
+ * The enabled flags of eight events (what lttng_ust_tracepoint_enabled()
  * reads), in the order of the EV_* bits of src/ffi/lttng.rs: Rust loads them
  * directly on the hot path, one load per check instead of a call.
  */
-const int *const pyust_tp_states[5] = {
+const int *const pyust_tp_states[8] = {
 	&lttng_ust_tracepoint_python___call.state,
 	&lttng_ust_tracepoint_python___return.state,
 	&lttng_ust_tracepoint_python___c_call.state,
 	&lttng_ust_tracepoint_python___c_return.state,
 	&lttng_ust_tracepoint_python___exception.state,
+	&lttng_ust_tracepoint_python_fast___batch.state,
+	&lttng_ust_tracepoint_python_fast___c_calls.state,
+	&lttng_ust_tracepoint_python_fast___exception.state,
 };
 
 void pyust_tp_emit_call(const char *co_name, const char *co_qualname,
@@ -76,6 +82,31 @@ void pyust_tp_emit_exception(const char *exc_type, const char *co_qualname,
 {
 	lttng_ust_do_tracepoint(python, exception, exc_type, co_qualname,
 		lineno);
+}
+
+void pyust_tp_emit_fast_def(uint32_t id, const char *co_name,
+		const char *co_qualname, const char *module,
+		const char *co_filename, int32_t co_firstlineno)
+{
+	lttng_ust_do_tracepoint(python_fast, def, id, co_name, co_qualname,
+		module, co_filename, co_firstlineno);
+}
+
+void pyust_tp_emit_fast_batch(int32_t tid, uint64_t base,
+		const uint8_t *data, uint16_t len)
+{
+	lttng_ust_do_tracepoint(python_fast, batch, tid, base, data, len);
+}
+
+void pyust_tp_emit_fast_exception(const char *exc_type)
+{
+	lttng_ust_do_tracepoint(python_fast, exception, exc_type);
+}
+
+/* The calling thread's id, as LTTng's vtid context gives it. */
+int32_t pyust_gettid(void)
+{
+	return (int32_t) syscall(SYS_gettid);
 }
 
 /*

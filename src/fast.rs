@@ -1,0 +1,398 @@
+//! The fast mode's hot half (`pyust record --mode fast`, the `python_fast`
+//! provider): each thread packs its events into a buffer of its own, 8
+//! bytes each, and commits the buffer to LTTng as one `python_fast:batch`
+//! event; names travel once per id, in `python_fast:def` events.
+//!
+//! A record is (32-bit ns offset from the batch's base time, 32-bit word
+//! `kind << 29 | id`); an exception adds (lineno, id of its type). Times
+//! come from CLOCK_MONOTONIC, LTTng-UST's own clock, so the records line up
+//! with every other event of the session.
+//!
+//! A batch is committed when it is full, when its first record is
+//! `FLUSH_NS` old (by the thread's next event, or by the flusher thread
+//! when the thread is idle), when its thread ends, before a fork, and when
+//! tracing stops or the interpreter exits. Definitions are re-emitted on
+//! each id's first use in each epoch: a new epoch starts at each arming
+//! and every `EPOCH_NS`, so that a session started while the program runs
+//! resolves every id after at most one epoch.
+//!
+//! Each batch has a lock, taken by its thread around each record (one
+//! uncontended atomic swap) and by the flusher: a batch is never written
+//! by two threads at once, on the free-threaded build too.
+
+use std::cell::{Cell, UnsafeCell};
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::ffi::lttng as tp;
+
+/// Record kinds (the top 3 bits of a record's word).
+pub const CALL: u32 = 0;
+pub const RETURN: u32 = 1;
+pub const C_CALL: u32 = 2;
+pub const C_RETURN: u32 = 3;
+pub const EXCEPTION: u32 = 4;
+pub const KIND_SHIFT: u32 = 29;
+const ID_MASK: u32 = (1 << KIND_SHIFT) - 1;
+
+/// Bytes of records per batch (512 plain records).
+const CAP: usize = 4096;
+/// A batch older than this is committed.
+pub const FLUSH_NS: u64 = 100_000_000;
+/// How often definitions are re-emitted.
+pub const EPOCH_NS: u64 = 1_000_000_000;
+const FLUSHER_PERIOD: Duration = Duration::from_millis(50);
+
+/// Whether the fast mode records (some session enables `python_fast:batch`).
+#[inline]
+pub fn on() -> bool {
+    tp::on(tp::EV_FAST)
+}
+
+/// Whether its batches take C calls too.
+#[inline]
+pub fn on_c() -> bool {
+    tp::on(tp::EV_FAST) && tp::on(tp::EV_FAST_C)
+}
+
+struct Records {
+    tid: i32,
+    /// `RUN` when this batch was (re)started on its thread.
+    run: u64,
+    base: u64,
+    len: usize,
+    data: [u8; CAP],
+}
+
+struct Batch {
+    lock: AtomicBool,
+    /// Set by its thread's end: the flusher commits and frees it.
+    orphan: AtomicBool,
+    records: UnsafeCell<Records>,
+}
+
+// SAFETY: `records` is only touched under `lock`.
+unsafe impl Sync for Batch {}
+
+impl Batch {
+    // A spin lock: the records are exclusively the caller's until `unlock`.
+    #[allow(clippy::mut_from_ref)]
+    #[inline]
+    fn lock(&self) -> &mut Records {
+        while self.lock.swap(true, Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+        // SAFETY: the lock is ours until `unlock`.
+        unsafe { &mut *self.records.get() }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn try_lock(&self) -> Option<&mut Records> {
+        if self.lock.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        // SAFETY: as above.
+        Some(unsafe { &mut *self.records.get() })
+    }
+
+    #[inline]
+    fn unlock(&self) {
+        self.lock.store(false, Ordering::Release);
+    }
+}
+
+impl Records {
+    /// Commits the records to LTTng and starts an empty batch.
+    fn flush(&mut self) {
+        if self.len > 0 && on() {
+            tp::emit_fast_batch(self.tid, self.base, &self.data[..self.len]);
+        }
+        self.len = 0;
+    }
+
+    /// Appends one record of `words` at time `t`.
+    #[inline]
+    fn put(&mut self, t: u64, words: &[u32]) {
+        let need = 4 + 4 * words.len();
+        if self.len != 0 && (t.wrapping_sub(self.base) >= FLUSH_NS || self.len + need > CAP) {
+            self.flush();
+        }
+        if self.len == 0 {
+            self.base = t;
+        }
+        let delta = t.saturating_sub(self.base) as u32;
+        let mut at = self.len;
+        self.data[at..at + 4].copy_from_slice(&delta.to_le_bytes());
+        for w in words {
+            at += 4;
+            self.data[at..at + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        self.len = at + 4;
+    }
+}
+
+/// Bumped in a forked child: batches of an older run are the parent's.
+static RUN: AtomicU64 = AtomicU64::new(1);
+static EPOCH: AtomicU32 = AtomicU32::new(1);
+static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+
+/// Every live batch, for the flusher and `flush_all`; a spin lock (not a
+/// Mutex) so that `before_fork` can hold it across fork().
+static REGISTRY_LOCK: AtomicBool = AtomicBool::new(false);
+struct Registry(UnsafeCell<Vec<usize>>);
+// SAFETY: the vector is only touched under REGISTRY_LOCK.
+unsafe impl Sync for Registry {}
+static REGISTRY: Registry = Registry(UnsafeCell::new(Vec::new()));
+/// The process the flusher thread runs in (0: none yet).
+static FLUSHER_PID: AtomicI32 = AtomicI32::new(0);
+
+fn registry_lock() -> &'static mut Vec<usize> {
+    while REGISTRY_LOCK.swap(true, Ordering::Acquire) {
+        std::thread::yield_now();
+    }
+    // SAFETY: the lock is ours until `registry_unlock`.
+    unsafe { &mut *REGISTRY.0.get() }
+}
+
+fn registry_unlock() {
+    REGISTRY_LOCK.store(false, Ordering::Release);
+}
+
+thread_local! {
+    static BATCH: Cell<*const Batch> = const { Cell::new(std::ptr::null()) };
+    static OWNER: Owner = const { Owner };
+}
+
+/// Hands the thread's batch to the flusher when the thread ends.
+struct Owner;
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let b = BATCH.with(|c| c.replace(std::ptr::null()));
+        if !b.is_null() {
+            // SAFETY: registered batches are freed by the flusher only
+            // once orphaned, which is this store.
+            unsafe { (*b).orphan.store(true, Ordering::Release) };
+        }
+    }
+}
+
+/// The calling thread's batch, locked.
+#[inline]
+fn with_records(f: impl FnOnce(&mut Records, u64)) {
+    let mut b = BATCH.with(Cell::get);
+    let run = RUN.load(Ordering::Relaxed);
+    // SAFETY: a non-null BATCH is this thread's live batch.
+    if b.is_null() || unsafe { (*(*b).records.get()).run } != run {
+        b = match new_batch(b, run) {
+            Some(b) => b,
+            None => return,
+        };
+    }
+    let t = tp::clock_ns();
+    // SAFETY: as above.
+    let batch = unsafe { &*b };
+    f(batch.lock(), t);
+    batch.unlock();
+}
+
+/// Starts the calling thread's batch (or restarts the one a fork left).
+#[cold]
+#[inline(never)]
+fn new_batch(old: *const Batch, run: u64) -> Option<*const Batch> {
+    let tid = tp::gettid();
+    let b = if old.is_null() {
+        let b: *const Batch = Box::into_raw(Box::new(Batch {
+            lock: AtomicBool::new(false),
+            orphan: AtomicBool::new(false),
+            records: UnsafeCell::new(Records {
+                tid,
+                run,
+                base: 0,
+                len: 0,
+                data: [0; CAP],
+            }),
+        }));
+        // The thread's end orphans it (registers OWNER's destructor);
+        // none at all while the thread is ending: not traced further.
+        if OWNER.try_with(|_| ()).is_err() {
+            // SAFETY: just made, never shared.
+            drop(unsafe { Box::from_raw(b.cast_mut()) });
+            return None;
+        }
+        BATCH.with(|c| c.set(b));
+        b
+    } else {
+        // A forked child: the parent's batch is the parent's (emptied
+        // before the fork); this thread's id is new.
+        // SAFETY: this thread's batch; no other thread exists that knows it.
+        let r = unsafe { &mut *(*old).records.get() };
+        r.tid = tid;
+        r.run = run;
+        r.len = 0;
+        old
+    };
+    registry_lock().push(b as usize);
+    registry_unlock();
+    ensure_flusher();
+    Some(b)
+}
+
+fn ensure_flusher() {
+    let pid = std::process::id() as i32;
+    if FLUSHER_PID.swap(pid, Ordering::SeqCst) == pid {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("pyust-flusher".into())
+        .spawn(move || {
+            let mut epoch_start = tp::clock_ns();
+            loop {
+                std::thread::sleep(FLUSHER_PERIOD);
+                if std::process::id() as i32 != pid {
+                    return; // never runs: threads do not survive fork
+                }
+                let t = tp::clock_ns();
+                if t.wrapping_sub(epoch_start) >= EPOCH_NS {
+                    new_epoch();
+                    epoch_start = t;
+                }
+                flush_registered(Some(t));
+            }
+        });
+}
+
+/// Commits every thread's batch (`older_than`: only those whose first
+/// record is at least `FLUSH_NS` before it), and frees those whose thread
+/// has ended.
+fn flush_registered(older_than: Option<u64>) {
+    let registry = registry_lock();
+    registry.retain(|&b| {
+        // SAFETY: registered batches live until removed here.
+        let batch = unsafe { &*(b as *const Batch) };
+        let orphan = batch.orphan.load(Ordering::Acquire);
+        let records = if orphan {
+            Some(batch.lock())
+        } else {
+            batch.try_lock()
+        };
+        if let Some(r) = records {
+            if orphan || older_than.is_none_or(|t| t.wrapping_sub(r.base) >= FLUSH_NS) {
+                r.flush();
+            }
+            batch.unlock();
+        }
+        if orphan {
+            // SAFETY: orphaned: its thread is gone and no one else holds it.
+            drop(unsafe { Box::from_raw(b as *mut Batch) });
+        }
+        !orphan
+    });
+    registry_unlock();
+}
+
+/// Commits every batch: tracing stops, or the interpreter exits.
+pub fn flush_all() {
+    flush_registered(None);
+}
+
+/// A new epoch: each id's next use emits its definition again.
+pub fn new_epoch() {
+    EPOCH.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Before fork(): the forking thread's records go out first, and the
+/// registry stays locked over the fork (the child must find it unlocked).
+pub fn before_fork() {
+    let b = BATCH.with(Cell::get);
+    if !b.is_null() {
+        // SAFETY: this thread's live batch.
+        let batch = unsafe { &*b };
+        batch.lock().flush();
+        batch.unlock();
+    }
+    let _ = registry_lock();
+}
+
+pub fn after_fork_parent() {
+    registry_unlock();
+}
+
+/// In the child: only the forking thread is left; its batch restarts
+/// under the child's run, and definitions go out again under its pid.
+pub fn after_fork_child() {
+    // SAFETY: the registry lock is held (`before_fork`); the other
+    // threads' batches are left allocated (their memory is the parent's
+    // copy, and nothing frees it safely here).
+    unsafe { (*REGISTRY.0.get()).clear() };
+    RUN.fetch_add(1, Ordering::Relaxed);
+    new_epoch();
+    registry_unlock();
+}
+
+/// A fresh id (never 0: id 0 names an unknown function, "?").
+pub fn new_id() -> u32 {
+    loop {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) & ID_MASK;
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// An id and the epoch its definition was last emitted in.
+pub struct Def {
+    pub id: u32,
+    epoch: AtomicU32,
+}
+
+impl Def {
+    pub fn new() -> Def {
+        Def {
+            id: new_id(),
+            epoch: AtomicU32::new(0),
+        }
+    }
+
+    /// The id, its definition emitted first (by `emit`) when not yet in
+    /// this epoch.
+    #[inline]
+    pub fn use_id(&self, emit: impl FnOnce(u32)) -> u32 {
+        let epoch = EPOCH.load(Ordering::Relaxed);
+        if self.epoch.load(Ordering::Relaxed) != epoch {
+            emit(self.id);
+            self.epoch.store(epoch, Ordering::Relaxed);
+        }
+        self.id
+    }
+}
+
+impl Default for Def {
+    fn default() -> Self {
+        Def::new()
+    }
+}
+
+/// A call, return, C call or C return record.
+#[inline]
+pub fn push(kind: u32, id: u32) {
+    with_records(|r, t| r.put(t, &[kind << KIND_SHIFT | id]));
+}
+
+/// An exception of type `type_id` in the code `code_id` at `lineno`;
+/// with `python_fast:exception` enabled, the batch is committed at once and
+/// that event names the type (for triggers).
+pub fn push_exception(code_id: u32, lineno: i32, type_id: u32, type_name: &CStr) {
+    let mark = tp::on(tp::EV_FAST_EXC);
+    with_records(|r, t| {
+        r.put(
+            t,
+            &[EXCEPTION << KIND_SHIFT | code_id, lineno as u32, type_id],
+        );
+        if mark {
+            r.flush();
+            tp::emit_fast_exception(type_name);
+        }
+    });
+}
