@@ -345,6 +345,9 @@ pub fn new_id() -> u32 {
 pub struct Def {
     pub id: u32,
     epoch: AtomicU32,
+    /// A C function that ends the process (`os._exit`): every batch is
+    /// committed right after its record, as no exit hook will run.
+    pub exits: bool,
 }
 
 impl Def {
@@ -352,6 +355,15 @@ impl Def {
         Def {
             id: new_id(),
             epoch: AtomicU32::new(0),
+            exits: false,
+        }
+    }
+
+    /// The id of a C function named `name`.
+    pub fn of_c_function(name: &CStr) -> Def {
+        Def {
+            exits: name.to_bytes() == b"_exit",
+            ..Def::new()
         }
     }
 

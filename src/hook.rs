@@ -723,6 +723,9 @@ fn c_call_out(out: Out, name: &CStr, qualname: &CStr, def: Option<&fast::Def>) {
             }
         };
         fast::push(fast::C_CALL, id);
+        if def.is_some_and(|d| d.exits) {
+            fast::flush_all();
+        }
     }
 }
 
@@ -837,7 +840,7 @@ unsafe fn emit_c_call_named(
                 ),
                 name: name.to_owned(),
                 module: module_obj.map(Bound::unbind),
-                def: fast::Def::new(),
+                def: fast::Def::of_c_function(name),
             }
         });
         c_call_out(out, name, &entry.qualname, Some(&entry.def));

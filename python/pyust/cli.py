@@ -36,6 +36,7 @@ from typing import NoReturn
 USAGE = """\
 usage: pyust [-m module | script.py] [args...]
        pyust record [-o DIR] [--view] [--all-processes] [--max-size SIZE]
+                    [--mode fast|readable] [--no-c-calls]
                     [--flight-recorder [--buffer SIZE] [--snapshot-on EXC]]
                     [--subbuf-size SIZE] [--num-subbuf N]
                     [-m module | script.py] [args...]
@@ -61,6 +62,13 @@ python:c_call, python:c_return, python:exception).
       -o, --output DIR       where the trace goes (default: a new folder
                              under ./pyust-traces/)
       --view                 also print the trace as text
+      --mode MODE            readable (default): the python:* events, one
+                             LTTng event each, strings in every event;
+                             fast: the same events packed 8 bytes each per
+                             thread and committed in batches
+                             (python_fast:*), names once per id; `pyust
+                             view` and `report` read both
+      --no-c-calls           Python frames and exceptions only
       --all-processes        also record every other process that emits
                              python:* events meanwhile (programs that call
                              pyust.enable(), other `pyust` runs)

@@ -102,6 +102,22 @@ def main():
         result["seconds"] = elapsed
         print(json.dumps(result))
         return
+    elif mode == "trace0":
+        from trace0 import Tracer
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tracer = Tracer(os.path.join(tmp, "trace.pb"))
+            tracer.__enter__()
+            start = time.perf_counter()
+            func(size)
+            elapsed = time.perf_counter() - start
+            save_start = time.perf_counter()
+            tracer.__exit__(None, None, None)
+            result["save_seconds"] = time.perf_counter() - save_start
+            result["trace_bytes"] = os.path.getsize(os.path.join(tmp, "trace.pb"))
+        result["seconds"] = elapsed
+        print(json.dumps(result))
+        return
     elif mode == "viztracer":
         from viztracer import VizTracer
 

@@ -109,21 +109,29 @@ impl Bench {
             "pyust-idle",
             "pyust-calls",
             "pyust-session",
+            "pyust-fast",
+            "pyust-fast-py",
             "viztracer",
         ]);
+        if version_at_least(version, 13) {
+            modes.push("trace0");
+        }
 
         // Events per workload and size, from pyust's own traces.
         let mut events: HashMap<(&str, u32), Trace> = HashMap::new();
+        let mut fast_bytes: HashMap<&str, u64> = HashMap::new();
         for (workload, size) in WORKLOADS {
             for n in [size, quarter(workload, size)] {
                 events.insert((workload, n), record(sh, python, driver, workload, n)?);
             }
+            fast_bytes.insert(workload, record_fast(sh, python, driver, workload, size)?);
         }
 
         // Wall clock: rounds of every (workload, mode), interleaved.
         let mut seconds: HashMap<(&str, &str), Vec<f64>> = HashMap::new();
         let mut idle_armed = false;
-        let mut saves: HashMap<&str, Vec<f64>> = HashMap::new();
+        let mut saves: HashMap<(&str, &str), Vec<f64>> = HashMap::new();
+        let mut trace_bytes: HashMap<(&str, &str), f64> = HashMap::new();
         for round in 0..self.rounds {
             eprintln!("bench: round {}/{}", round + 1, self.rounds);
             for (workload, size) in WORKLOADS {
@@ -135,7 +143,10 @@ impl Bench {
                         .or_default()
                         .push(out.seconds);
                     if let Some(save) = out.save_seconds {
-                        saves.entry(workload).or_default().push(save);
+                        saves.entry((workload, mode)).or_default().push(save);
+                    }
+                    if let Some(bytes) = out.trace_bytes {
+                        trace_bytes.insert((workload, mode), bytes);
                     }
                 }
             }
@@ -192,7 +203,10 @@ impl Bench {
                     _ => "-".into(),
                 };
                 let floor_cell = ratio(floor_instr);
-                let proto_cell = if mode.ends_with("-session") || mode == "pyust-calls" {
+                let proto_cell = if mode.ends_with("-session")
+                    || mode == "pyust-calls"
+                    || mode.starts_with("pyust-fast")
+                {
                     ratio(proto_instr)
                 } else {
                     "-".into()
@@ -203,8 +217,17 @@ impl Bench {
                         trace.bytes as f64 / n,
                         trace.discarded
                     ),
+                    "pyust-fast" => format!(
+                        "{:.1} bytes/event",
+                        fast_bytes[workload] as f64 / n
+                    ),
+                    "trace0" => format!(
+                        "{:.1} bytes/event (Python frames only); writing {:.3} s",
+                        trace_bytes.get(&(workload, "trace0")).copied().unwrap_or(0.0) / n,
+                        saves.get(&(workload, "trace0")).map_or(0.0, |v| median(v))
+                    ),
                     "viztracer" => saves
-                        .get(workload)
+                        .get(&(workload, "viztracer"))
                         .map(|v| {
                             let save = median(v);
                             format!(
@@ -280,6 +303,19 @@ fn bench_env(sh: &Shell, python: &Path) -> Result<PathBuf> {
         )
         .run()?;
     }
+    let has_trace0 = cmd!(sh, "{venv_python} -c 'import trace0'")
+        .quiet()
+        .ignore_stderr()
+        .run()
+        .is_ok();
+    if version_at_least(&version, 13) && !has_trace0 {
+        // The fastest exact tracer known (sys.monitoring, 3.13+).
+        cmd!(
+            sh,
+            "{venv_python} -m pip install --quiet --disable-pip-version-check trace0==0.1.16"
+        )
+        .run()?;
+    }
     let bin = venv.join("bin");
     let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
@@ -299,6 +335,7 @@ fn bench_env(sh: &Shell, python: &Path) -> Result<PathBuf> {
 struct Outcome {
     seconds: f64,
     save_seconds: Option<f64>,
+    trace_bytes: Option<f64>,
     pid: u64,
     armed: bool,
 }
@@ -309,6 +346,10 @@ struct Session {
     name: String,
     dir: PathBuf,
 }
+
+/// The fast mode, with C calls, and without.
+const FAST_EVENTS: &str = "python_fast:batch,python_fast:def,python_fast:c_calls";
+const FAST_PY_EVENTS: &str = "python_fast:batch,python_fast:def";
 
 /// The four events of the original prototype (no `python:exception`).
 const PROTOTYPE_EVENTS: &str = "python:call,python:return,python:c_call,python:c_return";
@@ -377,6 +418,14 @@ struct Trace {
     discarded: u64,
 }
 
+/// The size of a fast-mode trace of `workload(size)` (C calls on).
+fn record_fast(sh: &Shell, python: &Path, driver: &Path, workload: &str, size: u32) -> Result<u64> {
+    let session = Session::start(sh, FAST_EVENTS)?;
+    run_mode(sh, python, driver, "pyust", workload, size)?;
+    session.stop(sh)?;
+    dir_size(&session.dir)
+}
+
 /// One traced run of `workload(size)`: its event count and trace size.
 fn record(sh: &Shell, python: &Path, driver: &Path, workload: &str, size: u32) -> Result<Trace> {
     let session = Session::start(sh, "python:*")?;
@@ -427,6 +476,8 @@ fn setup<'m>(sh: &Shell, mode: &'m str) -> Result<(Option<Session>, &'m str)> {
         "pyust-session" => Some("python:*"),
         "pyust-calls" => Some(PROTOTYPE_EVENTS),
         "prototype-session" => Some("pyust_proto:*"),
+        "pyust-fast" => Some(FAST_EVENTS),
+        "pyust-fast-py" => Some(FAST_PY_EVENTS),
         _ => None,
     };
     let session = events.map(|e| Session::start(sh, e)).transpose()?;
@@ -460,6 +511,7 @@ fn run_mode(
     Ok(Outcome {
         seconds: json_number(&json, "seconds").context("no seconds in the driver's output")?,
         save_seconds: json_number(&json, "save_seconds"),
+        trace_bytes: json_number(&json, "trace_bytes"),
         pid: json_number(&json, "pid").unwrap_or(0.0) as u64,
         armed: json.contains("\"armed\": true"),
     })
