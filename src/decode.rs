@@ -32,6 +32,9 @@ pub struct Stats {
     pub late: u64,
     /// Batches whose records did not parse (cut short).
     pub bad: u64,
+    /// Events of processes whose readable events the trace also holds
+    /// (a session enabling every event records both): left out.
+    pub duplicate: u64,
 }
 
 #[derive(Default)]
@@ -68,6 +71,8 @@ struct Decoder {
     /// Everything up to here was handed over.
     released: i64,
     stats: Stats,
+    /// Processes with readable `python:*` events in the trace.
+    readable: std::collections::HashSet<i64>,
 }
 
 static UNKNOWN: Names = Names {
@@ -106,8 +111,12 @@ impl Decoder {
                 self.unpack(&ev);
                 self.release(ev.ns - WINDOW, out)
             }
-            _ if self.heap.is_empty() => out(Message::Event(ev)),
+            _ if self.heap.is_empty() => {
+                self.readable.insert(ev.vpid);
+                out(Message::Event(ev))
+            }
             _ => {
+                self.readable.insert(ev.vpid);
                 self.release(ev.ns, out)?;
                 out(Message::Event(ev))
             }
@@ -179,6 +188,10 @@ impl Decoder {
                 self.stats.late += 1;
             }
             self.released = self.released.max(p.ns);
+            if self.readable.contains(&p.vpid) {
+                self.stats.duplicate += 1;
+                continue;
+            }
             let kind = match u32::from(p.kind) {
                 fast::CALL => Kind::Call,
                 fast::RETURN => Kind::Return,
@@ -264,6 +277,7 @@ pub fn read(
         seq: 0,
         released: i64::MIN,
         stats: Stats::default(),
+        readable: std::collections::HashSet::new(),
     };
     let mut unpacking = |message: Message<'_>| decoder.message(message, each);
     let choice = std::env::var("PYUST_REPORT_READER").unwrap_or_default();

@@ -655,11 +655,12 @@ impl Analysis<'_> {
             span as f64 / 1e9
         );
         let fast = &self.fast;
-        if fast.batches > 0 {
+        if fast.batches > 0 && fast.duplicate < fast.events {
             let _ = writeln!(
                 out,
                 "fast mode: {} event(s) unpacked from {} batch(es)",
-                fast.events, fast.batches
+                fast.events - fast.duplicate,
+                fast.batches
             );
         }
         if fast.unresolved > 0 {
@@ -675,6 +676,13 @@ impl Analysis<'_> {
                 out,
                 "{} event(s) of batches committed late: out of time order across threads",
                 fast.late
+            );
+        }
+        if fast.duplicate > 0 {
+            let _ = writeln!(
+                out,
+                "{} fast-mode event(s) of processes the trace also holds readable events of: left out",
+                fast.duplicate
             );
         }
         if fast.bad > 0 {

@@ -151,6 +151,12 @@ pub fn view(trace: &Path, tick: &mut dyn FnMut() -> Result<(), String>) -> Resul
                     stats.unresolved
                 );
             }
+            if stats.duplicate > 0 {
+                eprintln!(
+                    "pyust view: {} fast-mode event(s) of processes with readable events too: left out",
+                    stats.duplicate
+                );
+            }
             match flushed {
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.to_string()),
                 _ => Ok(()),
