@@ -34,6 +34,7 @@ static WATCHER: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
 pub fn init(py: Python<'_>) {
     hook::init(py);
     backend::init(py);
+    fast::init();
     extern "C" fn at_exit() {
         // The fast mode's last records (after the atexit handlers ran).
         fast::flush_all();

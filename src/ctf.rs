@@ -519,6 +519,8 @@ enum Slot {
     Tid,
     Base,
     Data,
+    Span,
+    Ticks,
 }
 
 #[derive(Clone, Copy)]
@@ -561,6 +563,8 @@ fn slot(name: &str) -> Slot {
         "tid" => Slot::Tid,
         "base" => Slot::Base,
         "data" => Slot::Data,
+        "span" => Slot::Span,
+        "ticks" => Slot::Ticks,
         _ => Slot::None,
     }
 }
@@ -778,6 +782,8 @@ struct Decoded {
     /// A batch's base time (cycles) and records.
     base: Option<u64>,
     data: Span,
+    span: i64,
+    ticks: i64,
 }
 
 const S_NAME: usize = 0;
@@ -972,6 +978,8 @@ impl Stream {
             def_id: 0,
             base: None,
             data: Span::default(),
+            span: 0,
+            ticks: 0,
         };
         run(&layout.event_context, p, &mut at, &mut d)?;
         run(&class.ops, p, &mut at, &mut d)?;
@@ -1025,6 +1033,8 @@ fn run(ops: &[Op], p: &[u8], at: &mut usize, d: &mut Decoded) -> Result<(), Stri
                     Slot::Vtid | Slot::Tid => d.vtid = v,
                     Slot::Id => d.def_id = v,
                     Slot::Base => d.base = Some(raw),
+                    Slot::Span => d.span = v,
+                    Slot::Ticks => d.ticks = v,
                     _ => {}
                 }
                 last_int = raw;
@@ -1270,6 +1280,8 @@ pub fn read(
                     id: d.def_id,
                     base_ns: d.base.map_or(0, |b| ns(&info.meta, b)),
                     data: &p[d.data.0 as usize..(d.data.0 + d.data.1) as usize],
+                    span: d.span,
+                    ticks: d.ticks,
                 })
             }
         };

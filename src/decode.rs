@@ -138,6 +138,15 @@ impl Decoder {
             let b = ev.data.get(at..at + 4)?;
             Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         };
+        // Ticks to ns: the batch's own ratio (1 where ticks are ns).
+        let (span, ticks) = (ev.span.max(0) as u128, ev.ticks.max(0) as u128);
+        let to_ns = |offset: u32| -> i64 {
+            if ticks == 0 || span == ticks {
+                i64::from(offset)
+            } else {
+                (u128::from(offset) * span / ticks) as i64
+            }
+        };
         let mut at = 0;
         while at < ev.data.len() {
             let (Some(delta), Some(w)) = (word(at), word(at + 4)) else {
@@ -146,7 +155,7 @@ impl Decoder {
             };
             let kind = (w >> fast::KIND_SHIFT) as u8;
             let mut p = Pending {
-                ns: ev.base_ns + i64::from(delta),
+                ns: ev.base_ns + to_ns(delta),
                 seq: self.seq,
                 vpid: ev.vpid,
                 vtid: ev.vtid,
@@ -252,6 +261,8 @@ impl Decoder {
                 id: 0,
                 base_ns: 0,
                 data: &[],
+                span: 0,
+                ticks: 0,
             };
             out(Message::Event(ev))?;
             self.stats = stats;

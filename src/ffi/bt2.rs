@@ -225,6 +225,9 @@ pub struct Event<'a> {
     /// its records; `vtid` is then the batch's `tid` field.
     pub base_ns: i64,
     pub data: &'a [u8],
+    /// A batch's length, in ns and in the ticks its records count.
+    pub span: i64,
+    pub ticks: i64,
 }
 
 /// Events the tracer recorded but LTTng could not keep (full buffers).
@@ -256,7 +259,7 @@ struct ClassInfo {
 /// its list, (index, integer is signed), or None when absent.
 #[derive(Default)]
 struct Fields {
-    slots: [Option<(u64, bool)>; 11],
+    slots: [Option<(u64, bool)>; 13],
 }
 
 // Positions in `PAYLOAD_NAMES` and `CONTEXT_NAMES`.
@@ -271,11 +274,13 @@ const ID: usize = 7;
 const TID: usize = 8;
 const BASE: usize = 9;
 const DATA: usize = 10;
+const SPAN: usize = 11;
+const TICKS: usize = 12;
 const VPID: usize = 0;
 const VTID: usize = 1;
 const PROCNAME: usize = 2;
 
-const PAYLOAD_NAMES: [&str; 11] = [
+const PAYLOAD_NAMES: [&str; 13] = [
     "co_name",
     "co_qualname",
     "module",
@@ -287,6 +292,8 @@ const PAYLOAD_NAMES: [&str; 11] = [
     "tid",
     "base",
     "data",
+    "span",
+    "ticks",
 ];
 const CONTEXT_NAMES: [&str; 3] = ["vpid", "vtid", "procname"];
 
@@ -622,6 +629,8 @@ impl Sink<'_> {
                         id: p.int(api, payload, ID),
                         base_ns,
                         data: &self.data,
+                        span: p.int(api, payload, SPAN),
+                        ticks: p.int(api, payload, TICKS),
                     };
                     (self.callback)(Message::Event(ev))
                 }

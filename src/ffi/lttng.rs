@@ -41,7 +41,14 @@ mod raw {
             co_filename: *const c_char,
             co_firstlineno: i32,
         );
-        pub fn pyust_tp_emit_fast_batch(tid: i32, base: u64, data: *const u8, len: u16);
+        pub fn pyust_tp_emit_fast_batch(
+            tid: i32,
+            base: u64,
+            span: u64,
+            ticks: u64,
+            data: *const u8,
+            len: u16,
+        );
         pub fn pyust_tp_emit_fast_exception(exc_type: *const c_char);
         pub fn pyust_gettid() -> i32;
         pub fn clock_gettime(clock: c_int, ts: *mut Timespec) -> c_int;
@@ -162,11 +169,12 @@ pub fn emit_fast_def(
     }
 }
 
-/// `python_fast:batch`: thread `tid`'s records (`data`, at most 64 KiB).
-pub fn emit_fast_batch(tid: i32, base: u64, data: &[u8]) {
+/// `python_fast:batch`: thread `tid`'s records (`data`, at most 64 KiB),
+/// from `base` (ns on LTTng's clock) for `span` ns or `ticks` ticks.
+pub fn emit_fast_batch(tid: i32, base: u64, span: u64, ticks: u64, data: &[u8]) {
     let len = u16::try_from(data.len()).unwrap_or(u16::MAX);
     // SAFETY: `data` is readable for `len` bytes, copied before the return.
-    unsafe { raw::pyust_tp_emit_fast_batch(tid, base, data.as_ptr(), len) }
+    unsafe { raw::pyust_tp_emit_fast_batch(tid, base, span, ticks, data.as_ptr(), len) }
 }
 
 /// `python_fast:exception`: the type name of the exception just committed.

@@ -37,16 +37,19 @@ LTTNG_UST_TRACEPOINT_EVENT(python_fast, def,
 
 /*
  * Events of thread `tid`, in order: 8-byte little-endian records (a
- * 32-bit offset in ns from `base`, on LTTng's clock; a 32-bit word of
+ * 32-bit offset in ticks from the batch's start; a 32-bit word of
  * kind << 29 | id), an exception followed by 8 more bytes (lineno, id of
- * its type).
+ * its type). The batch starts at `base` on LTTng's clock and lasts `span`
+ * ns, or `ticks` ticks: a record's time is base + offset * span / ticks.
  */
 LTTNG_UST_TRACEPOINT_EVENT(python_fast, batch,
-	LTTNG_UST_TP_ARGS(int32_t, tid, uint64_t, base,
-		const uint8_t *, data, uint16_t, len),
+	LTTNG_UST_TP_ARGS(int32_t, tid, uint64_t, base, uint64_t, span,
+		uint64_t, ticks, const uint8_t *, data, uint16_t, len),
 	LTTNG_UST_TP_FIELDS(
 		lttng_ust_field_integer(int32_t, tid, tid)
 		lttng_ust_field_integer(uint64_t, base, base)
+		lttng_ust_field_integer(uint64_t, span, span)
+		lttng_ust_field_integer(uint64_t, ticks, ticks)
 		lttng_ust_field_sequence(uint8_t, data, data, uint16_t, len)
 	)
 )

@@ -92,10 +92,11 @@ void pyust_tp_emit_fast_def(uint32_t id, const char *co_name,
 		module, co_filename, co_firstlineno);
 }
 
-void pyust_tp_emit_fast_batch(int32_t tid, uint64_t base,
-		const uint8_t *data, uint16_t len)
+void pyust_tp_emit_fast_batch(int32_t tid, uint64_t base, uint64_t span,
+		uint64_t ticks, const uint8_t *data, uint16_t len)
 {
-	lttng_ust_do_tracepoint(python_fast, batch, tid, base, data, len);
+	lttng_ust_do_tracepoint(python_fast, batch, tid, base, span, ticks,
+		data, len);
 }
 
 void pyust_tp_emit_fast_exception(const char *exc_type)
