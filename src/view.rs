@@ -19,11 +19,21 @@ fn hostname(trace: &Path) -> String {
     else {
         return String::new();
     };
-    let key = b"hostname = \"";
-    let Some(at) = memchr::memmem::find(&data, key) else {
+    // CTF 1.8: `hostname = "vm";`, CTF 2 (JSON): `"hostname":"vm"`.
+    let Some(at) = memchr::memmem::find(&data, b"hostname") else {
         return String::new();
     };
-    let rest = &data[at + key.len()..];
+    let rest = &data[at + b"hostname".len()..];
+    let Some(open) = rest
+        .iter()
+        .position(|&b| !matches!(b, b'"' | b' ' | b'=' | b':'))
+    else {
+        return String::new();
+    };
+    if open == 0 || rest[open - 1] != b'"' {
+        return String::new();
+    }
+    let rest = &rest[open..];
     let end = memchr::memchr(b'"', rest).unwrap_or(0);
     String::from_utf8_lossy(&rest[..end]).into_owned()
 }

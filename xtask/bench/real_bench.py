@@ -17,6 +17,7 @@ Everything written goes under WORKDIR and is deleted once measured.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
@@ -137,6 +138,43 @@ def main() -> None:
     shutil.rmtree(trace, ignore_errors=True)
     if os.path.exists(timeline):
         os.remove(timeline)
+    # The fast mode, with and without C calls, and trace0 (Python frames
+    # only; 3.13+) beside it.
+    fast = os.path.join(workdir, "fast")
+    measure(
+        "pyust record --mode fast",
+        [py, "-m", "pyust", "record", "--mode", "fast", "-o", fast, *pytest],
+        fast,
+    )
+    fast_table = subprocess.run(
+        [py, "-m", "pyust", "report", fast, "--limit", "1"], capture_output=True, text=True
+    ).stdout
+    fast_events = re.search(r"^(\d+) python events", fast_table, re.M)
+    seconds, _ = timed([py, "-m", "pyust", "report", fast], src, "pyust report (fast trace)")
+    report_rows.append(
+        (
+            f"pyust report (table), fast trace"
+            f"{f' ({int(fast_events[1]):,} events)' if fast_events else ''}",
+            seconds,
+            "–",
+        )
+    )
+    shutil.rmtree(fast, ignore_errors=True)
+    measure(
+        "pyust record --mode fast --no-c-calls",
+        [py, "-m", "pyust", "record", "--mode", "fast", "--no-c-calls", "-o", fast, *pytest],
+        fast,
+    )
+    shutil.rmtree(fast, ignore_errors=True)
+    if importlib.util.find_spec("trace0") is not None:
+        t0 = os.path.join(workdir, "trace0.pb")
+        measure(
+            "trace0 0.1.16 (Python frames only)",
+            [py, "-m", "trace0", "run", "--output", t0, "-m", "pytest", *args],
+            t0,
+        )
+        if os.path.exists(t0):
+            os.remove(t0)
     if unbounded:
         need = int(1.25 * (kept + gone)) + (2 << 30)
         free = shutil.disk_usage(workdir).free

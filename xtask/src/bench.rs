@@ -217,13 +217,14 @@ impl Bench {
                         trace.bytes as f64 / n,
                         trace.discarded
                     ),
-                    "pyust-fast" => format!(
-                        "{:.1} bytes/event",
-                        fast_bytes[workload] as f64 / n
-                    ),
+                    "pyust-fast" => format!("{:.1} bytes/event", fast_bytes[workload] as f64 / n),
                     "trace0" => format!(
                         "{:.1} bytes/event (Python frames only); writing {:.3} s",
-                        trace_bytes.get(&(workload, "trace0")).copied().unwrap_or(0.0) / n,
+                        trace_bytes
+                            .get(&(workload, "trace0"))
+                            .copied()
+                            .unwrap_or(0.0)
+                            / n,
                         saves.get(&(workload, "trace0")).map_or(0.0, |v| median(v))
                     ),
                     "viztracer" => saves

@@ -135,6 +135,15 @@ fn run() -> Result<()> {
                 "{venv_python} -m pip install --quiet --disable-pip-version-check viztracer"
             )
             .run()?;
+            // trace0 (3.13+), the fastest exact tracer known, as the anchor.
+            let minor = common::python_version(&sh, &venv_python.to_string_lossy())?;
+            if ["3.13", "3.14", "3.15"].contains(&minor.as_str()) {
+                xshell::cmd!(
+                    sh,
+                    "{venv_python} -m pip install --quiet --disable-pip-version-check trace0==0.1.16"
+                )
+                .run()?;
+            }
             let workdir = common::target_dir(&sh).join("real-bench");
             let cache = freethreaded::cache_dir().join("real-bench");
             let flag = if unbounded {
