@@ -291,6 +291,7 @@ fn ensure_flusher() {
     if FLUSHER_PID.swap(pid, Ordering::SeqCst) == pid {
         return;
     }
+    tp::flush_on_sigterm();
     let _ = std::thread::Builder::new()
         .name("pyust-flusher".into())
         .spawn(move || {
@@ -336,6 +337,26 @@ fn flush_registered(older_than: Option<u64>) {
         }
         !orphan
     });
+    registry_unlock();
+}
+
+/// SIGTERM (`python_tp.c`): commits the batches that no thread holds at
+/// this instant, taking no lock that could be held (the handler may have
+/// interrupted their holder).
+#[no_mangle]
+pub extern "C" fn pyust_fast_flush_on_signal() {
+    if REGISTRY_LOCK.swap(true, Ordering::Acquire) {
+        return;
+    }
+    // SAFETY: the registry lock is ours.
+    for &b in unsafe { &*REGISTRY.0.get() } {
+        // SAFETY: registered batches live until removed under that lock.
+        let batch = unsafe { &*(b as *const Batch) };
+        if let Some(r) = batch.try_lock() {
+            r.flush();
+            batch.unlock();
+        }
+    }
     registry_unlock();
 }
 

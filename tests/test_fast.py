@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -261,6 +262,50 @@ def test_snapshot_on_exception_in_fast_mode(sessiond: None, tmp_path: Path) -> N
     events = view(on_value[0])
     raised = [e for e in events if e.name == "exception" and e["exc_type"] == "ValueError"]
     assert raised and raised[0]["co_qualname"] == "failing"
+    assert pyust_sessions() == []
+
+
+def test_sigterm_keeps_the_last_records(sessiond: None, tmp_path: Path) -> None:
+    """A program ended by SIGTERM runs no exit hook: pyust's handler
+    commits its batches before it dies of the signal."""
+    flag = tmp_path / "done"
+    script = write_script(
+        tmp_path,
+        "term.py",
+        f"""
+import time
+
+def tick():
+    pass
+
+def last():
+    pass
+
+for _ in range(200):
+    tick()
+last()
+open({str(flag)!r}, "w").close()
+time.sleep(60)
+""",
+    )
+    out = tmp_path / "trace"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyust", "record", "--mode", "fast", "-o", str(out), str(script)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while not flag.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.02)  # well within the 100 ms a batch may wait
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    calls = [e["co_name"] for e in view(out) if e.name == "call"]
+    assert calls.count("tick") == 200, err
+    assert "last" in calls
     assert pyust_sessions() == []
 
 

@@ -51,6 +51,7 @@ mod raw {
         );
         pub fn pyust_tp_emit_fast_exception(exc_type: *const c_char);
         pub fn pyust_gettid() -> i32;
+        pub fn pyust_flush_on_sigterm() -> c_int;
         pub fn clock_gettime(clock: c_int, ts: *mut Timespec) -> c_int;
         pub fn pyust_tp_before_fork();
         pub fn pyust_tp_after_fork_parent();
@@ -181,6 +182,14 @@ pub fn emit_fast_batch(tid: i32, base: u64, span: u64, ticks: u64, data: &[u8]) 
 pub fn emit_fast_exception(exc_type: &CStr) {
     // SAFETY: a NUL-terminated string borrowed for the call.
     unsafe { raw::pyust_tp_emit_fast_exception(exc_type.as_ptr()) }
+}
+
+/// Installs the SIGTERM handler that commits the fast mode's batches
+/// (where SIGTERM has its default action); it calls
+/// `pyust_fast_flush_on_signal`.
+pub fn flush_on_sigterm() {
+    // SAFETY: installs a handler (sigaction) only over the default action.
+    unsafe { raw::pyust_flush_on_sigterm() };
 }
 
 /// The calling thread's id (what LTTng's `vtid` context records).

@@ -104,6 +104,40 @@ void pyust_tp_emit_fast_exception(const char *exc_type)
 	lttng_ust_do_tracepoint(python_fast, exception, exc_type);
 }
 
+/*
+ * The fast mode (src/fast.rs): a program ended by SIGTERM runs no exit
+ * hook, so its threads' last records would stay in their batches. Where
+ * SIGTERM has its default action, this handler commits what it can
+ * (batches no thread is writing at that instant; LTTng-UST's tracepoints
+ * may be called from signal handlers), then dies of the signal as before.
+ * A handler the program installs later replaces it.
+ */
+extern void pyust_fast_flush_on_signal(void);
+
+static void pyust_on_sigterm(int sig)
+{
+	int saved = errno;
+
+	pyust_fast_flush_on_signal();
+	errno = saved;
+	raise(sig); /* the default action again (SA_RESETHAND) */
+}
+
+int pyust_flush_on_sigterm(void)
+{
+	struct sigaction old, sa;
+
+	if (sigaction(SIGTERM, NULL, &old) != 0)
+		return -1;
+	if ((old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL)
+		return 0; /* the program's own */
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = pyust_on_sigterm;
+	sa.sa_flags = SA_RESETHAND | SA_NODEFER;
+	sigemptyset(&sa.sa_mask);
+	return sigaction(SIGTERM, &sa, NULL);
+}
+
 /* The calling thread's id, as LTTng's vtid context gives it. */
 int32_t pyust_gettid(void)
 {
