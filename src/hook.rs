@@ -630,7 +630,8 @@ struct CName {
     module: Option<Py<PyAny>>,
 }
 
-type CNames = HashMap<(usize, usize), CName>;
+/// Keyed by addresses: FxHash, not SipHash (a lookup per C call).
+type CNames = crate::report::FxMap<(usize, usize), CName>;
 /// Read by every C call of every thread, written once per new function:
 /// a read lock (no thread waits for another reader), held only while no
 /// Python code runs.
@@ -654,7 +655,7 @@ fn forget_type(owner: usize) {
     let Some(watched) = watched else { return };
     let removed: Vec<CName> = {
         let mut cache = C_NAMES.write().unwrap_or_else(|e| e.into_inner());
-        let cache = cache.get_or_insert_with(HashMap::new);
+        let cache = cache.get_or_insert_with(CNames::default);
         watched
             .defs
             .iter()
@@ -852,7 +853,7 @@ unsafe fn emit_c_call_named(
         }
         let old = {
             let mut cache = C_NAMES.write().unwrap_or_else(|e| e.into_inner());
-            cache.get_or_insert_with(HashMap::new).insert(key, entry)
+            cache.get_or_insert_with(CNames::default).insert(key, entry)
         };
         drop(old); // outside the lock: releasing it may run Python code
     });

@@ -44,7 +44,7 @@ pub struct Options {
 /// lookups; the keys are the trace's own strings, not an attack surface
 /// worth SipHash's cost here.
 #[derive(Default)]
-struct Fx(u64);
+pub(crate) struct Fx(u64);
 
 impl Hasher for Fx {
     fn write(&mut self, bytes: &[u8]) {
@@ -71,7 +71,7 @@ impl Hasher for Fx {
     }
 }
 
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
 
 /// One function: a Python code object (module, qualified name, file,
 /// first line) or a C function (its qualified name).
