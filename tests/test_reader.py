@@ -138,7 +138,20 @@ def test_more_contexts_in_a_session_made_by_hand(sessiond: None, tmp_path: Path)
     trace = tmp_path / "manual"
     lttng("create", name, f"--output={trace}", *ctf18())
     try:
-        lttng("enable-channel", "-u", "-s", name, "--buffers-pid", "c")
+        # Room for the whole run: this test is about the contexts and the
+        # per-process buffers (discards have a test of their own, and
+        # per-process buffers' discard counts can go back, which the two
+        # readers take differently).
+        lttng(
+            "enable-channel",
+            "-u",
+            "-s",
+            name,
+            "--buffers-pid",
+            "--subbuf-size=1M",
+            "--num-subbuf=4",
+            "c",
+        )
         lttng("enable-event", "-u", "-s", name, "-c", "c", "python:*")
         for ctx in ("ip", "vtid", "pthread_id", "vpid", "procname"):
             lttng("add-context", "-u", "-s", name, "-c", "c", "-t", ctx)
