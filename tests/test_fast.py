@@ -135,7 +135,7 @@ def test_size_and_c_calls_off(sessiond: None, tmp_path: Path) -> None:
     script = write_script(
         tmp_path,
         "fib.py",
-        "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\nfib(22)\nlen('x')\n",
+        "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\nfib(18)\nlen('x')\n",
     )
     readable = record(tmp_path, "r", script)
     fast = record(tmp_path, "f", script, "--mode", "fast")
@@ -192,13 +192,13 @@ pyust.disable()
         deadline = time.time() + 30
         while not ready.exists() and time.time() < deadline:
             time.sleep(0.05)
-        time.sleep(1.5)  # the program's ids were all defined long before
+        time.sleep(1.2)  # the program's ids were all defined before
         lttng("create", name, f"--output={out}")
         lttng("enable-event", "-u", "-s", name, "python_fast:*")
         lttng("add-context", "-u", "-s", name, "-t", "vpid", "-t", "vtid")
         lttng("track", "-u", "-s", name, "--vpid", str(proc.pid))
         lttng("start", name)
-        time.sleep(2.5)
+        time.sleep(2.2)
         lttng("stop", name)
     finally:
         (tmp_path / "stop").touch()
@@ -208,7 +208,7 @@ pyust.disable()
     assert len(events) > 200
     named = [e for e in events if e["co_name"] != "?"]
     assert {"f", "g"} <= {e["co_name"] for e in named}
-    # Unnamed only before the first epoch ended (at most 1 s of 2.5 s).
+    # Unnamed only before the first epoch ended (at most 1 s of 2.2 s).
     assert len(named) > len(events) / 2
     first_named = events.index(named[0])
     assert all(e["co_name"] != "?" for e in events[first_named:])
