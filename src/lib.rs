@@ -47,9 +47,19 @@ fn is_enabled() -> bool {
 /// Ctrl-C.
 #[pyfunction]
 fn _view(py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
+    interruptible(py, |tick| view::view(&path, tick))
+}
+
+/// Runs a trace reading `read` without the GIL; its `tick` takes the GIL
+/// back every so often to let Python see a Ctrl-C (KeyboardInterrupt),
+/// and stops the reading then. Its other errors are OSError.
+fn interruptible<T: Send>(
+    py: Python<'_>,
+    read: impl FnOnce(&mut dyn FnMut() -> Result<(), String>) -> Result<T, String> + Send,
+) -> PyResult<T> {
     let mut interrupt = None;
     let result = py.detach(|| {
-        view::view(&path, &mut || {
+        read(&mut || {
             Python::attach(|py| match py.check_signals() {
                 Ok(()) => Ok(()),
                 Err(err) => {
@@ -60,7 +70,7 @@ fn _view(py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
         })
     });
     match (result, interrupt) {
-        (Ok(()), _) => Ok(()),
+        (Ok(value), _) => Ok(value),
         (Err(_), Some(err)) => Err(err),
         (Err(msg), None) => Err(pyo3::exceptions::PyOSError::new_err(msg)),
     }
@@ -404,25 +414,7 @@ fn _report(
             max_slices: max_slices.unwrap_or(u64::MAX),
         },
     };
-    // The reading runs without the GIL; every so often it takes it back
-    // to let Python see a Ctrl-C.
-    let mut interrupt = None;
-    let result = py.detach(|| {
-        report::report(&path, &opts, &mut || {
-            Python::attach(|py| match py.check_signals() {
-                Ok(()) => Ok(()),
-                Err(err) => {
-                    interrupt = Some(err);
-                    Err("interrupted".to_owned())
-                }
-            })
-        })
-    });
-    match (result, interrupt) {
-        (Ok(table), _) => Ok(table),
-        (Err(_), Some(err)) => Err(err),
-        (Err(msg), None) => Err(pyo3::exceptions::PyOSError::new_err(msg)),
-    }
+    interruptible(py, |tick| report::report(&path, &opts, tick))
 }
 
 // Safe without the GIL: nesting is per thread, the per-code caches are

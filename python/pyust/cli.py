@@ -1007,20 +1007,32 @@ def record(argv: list[str]) -> int:
                 "create",
             )
             created = True
-        _check(
-            _run_lttng(
-                lttng,
-                "enable-channel",
-                "--userspace",
-                f"--session={session}",
-                f"--subbuf-size={channel_subbuf}",
-                f"--num-subbuf={num_subbuf}",
-                *limits,
-                CHANNEL,
-            ),
-            "enable-channel",
-        )
-        channels = [CHANNEL]
+
+        def add_channel(name: str, subbuf: int, count: int, sizes: list[str], events: str) -> None:
+            """A channel of the session, its events, and the contexts
+            `report` tells processes and threads apart by."""
+            for command, *args in (
+                (
+                    "enable-channel",
+                    f"--subbuf-size={subbuf}",
+                    f"--num-subbuf={count}",
+                    *sizes,
+                    name,
+                ),
+                ("enable-event", f"--channel={name}", events),
+                (
+                    "add-context",
+                    f"--channel={name}",
+                    "--type=vpid",
+                    "--type=vtid",
+                    "--type=procname",
+                ),
+            ):
+                _check(
+                    _run_lttng(lttng, command, "--userspace", f"--session={session}", *args),
+                    command,
+                )
+
         if mode == "fast":
             events = ["python_fast:batch"]
             if c_calls:
@@ -1034,60 +1046,12 @@ def record(argv: list[str]) -> int:
                     f"--tracefile-size={defs_size}",
                     f"--tracefile-count={TRACEFILES_PER_STREAM}",
                 ]
-            _check(
-                _run_lttng(
-                    lttng,
-                    "enable-channel",
-                    "--userspace",
-                    f"--session={session}",
-                    f"--subbuf-size={DEFS_SUBBUF}",
-                    f"--num-subbuf={DEFS_NUM_SUBBUF}",
-                    *defs_limits,
-                    DEFS_CHANNEL,
-                ),
-                "enable-channel",
-            )
-            _check(
-                _run_lttng(
-                    lttng,
-                    "enable-event",
-                    "--userspace",
-                    f"--session={session}",
-                    f"--channel={DEFS_CHANNEL}",
-                    "python_fast:def",
-                ),
-                "enable-event",
-            )
-            channels.append(DEFS_CHANNEL)
+            add_channel(DEFS_CHANNEL, DEFS_SUBBUF, DEFS_NUM_SUBBUF, defs_limits, "python_fast:def")
         elif c_calls:
             events = ["python:*"]
         else:
             events = ["python:call", "python:return", "python:exception"]
-        _check(
-            _run_lttng(
-                lttng,
-                "enable-event",
-                "--userspace",
-                f"--session={session}",
-                f"--channel={CHANNEL}",
-                ",".join(events),
-            ),
-            "enable-event",
-        )
-        for channel in channels:
-            _check(
-                _run_lttng(
-                    lttng,
-                    "add-context",
-                    "--userspace",
-                    f"--session={session}",
-                    f"--channel={channel}",
-                    "--type=vpid",
-                    "--type=vtid",
-                    "--type=procname",
-                ),
-                "add-context",
-            )
+        add_channel(CHANNEL, channel_subbuf, num_subbuf, limits, ",".join(events))
         env = dict(os.environ)
         if recorder is not None:
             # SIGUSR1 to the program comes here (see run_traced).
