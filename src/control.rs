@@ -32,6 +32,7 @@ static WATCHER: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
 
 /// Prepares the hot path and the backend; called once at module import.
 pub fn init(py: Python<'_>) {
+    tp::load_provider();
     hook::init(py);
     backend::init(py);
     fast::init();
@@ -46,6 +47,7 @@ pub fn init(py: Python<'_>) {
 /// Starts tracing, for every thread (see the backend for how). When the
 /// callbacks cannot be armed, tracing stays off and the error is raised.
 pub fn enable(py: Python<'_>, thread_start: &Bound<'_, PyAny>) -> PyResult<()> {
+    warn_if_no_provider(py);
     ensure_tracked(py);
     if !ENABLED.load(Ordering::SeqCst) {
         // Nesting restarts from here on every thread, before any callback
@@ -69,6 +71,21 @@ pub fn enable(py: Python<'_>, thread_start: &Bound<'_, PyAny>) -> PyResult<()> {
         let _ = backend::stop(py);
     }
     result
+}
+
+/// Without the tracepoint provider (LTTng-UST not installed), tracing
+/// stays off whatever enable() says: one line on stderr says so, the first
+/// time tracing is asked for.
+fn warn_if_no_provider(py: Python<'_>) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if let Some(line) = tp::provider_warning() {
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            let _ = py
+                .import("sys")
+                .and_then(|sys| sys.getattr("stderr"))
+                .and_then(|err| err.call_method1("write", (format!("pyust: {line}\n"),)));
+        }
+    }
 }
 
 /// Stops tracing on every thread.

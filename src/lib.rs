@@ -426,8 +426,10 @@ fn _report(
 fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     control::init(m.py());
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    // Number of `python:*` tracepoints linked in (5); also keeps them linked.
+    // Number of tracepoints defined (9); also keeps them linked.
     m.add("_tracepoints", ffi::lttng::tracepoint_count())?;
+    // Why nothing can be traced here (LTTng-UST missing), or None.
+    m.add("_no_tracing", ffi::lttng::provider_warning())?;
     m.add_function(wrap_pyfunction!(enable, m)?)?;
     m.add_function(wrap_pyfunction!(disable, m)?)?;
     m.add_function(wrap_pyfunction!(is_enabled, m)?)?;

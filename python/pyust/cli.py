@@ -428,7 +428,8 @@ def run_traced(target: Target) -> int:
     snapshot_pid = os.environ.pop(SNAPSHOT_ENV, "")
     if snapshot_pid.isdigit():
         _pyust._forward_snapshot_signal(int(snapshot_pid))
-    if not _pyust.session_active():
+    # (Without LTTng-UST, _pyust.run says that instead, in one line.)
+    if not _pyust.session_active() and not _pyust._no_tracing:
         print(
             "pyust: no LTTng session is recording python:* events; running the script "
             "anyway (see `pyust record`, or `lttng enable-event -u 'python:*'`)",
@@ -934,6 +935,10 @@ def record(argv: list[str]) -> int:
     target = parse_target(argv)
     if target.script is not None and not os.path.isfile(target.script):
         fail(f"cannot open script {target.script!r}: no such file")
+    from . import _pyust
+
+    if _pyust._no_tracing:  # LTTng-UST is not installed
+        fail(_pyust._no_tracing)
     lttng = _lttng()
     if view and shutil.which("babeltrace2") is None:
         fail("--view needs babeltrace2 (apt-get install babeltrace2)")

@@ -1,5 +1,6 @@
-//! The LTTng-UST half: the emitters and enabled flags of the `python`
-//! provider (`src/tp/python_tp.c`) and LTTng-UST's fork protocol.
+//! The LTTng-UST half: loading the tracepoint provider, the emitters and
+//! enabled flags of the `python` and `python_fast` providers
+//! (`src/tp/python_tp.c`) and LTTng-UST's fork protocol.
 //!
 //! The emitters are safe to call from any thread at any time: LTTng-UST
 //! never blocks the caller (a full ring buffer discards the event) and the
@@ -16,6 +17,7 @@ struct Timespec {
 mod raw {
     use super::*;
     extern "C" {
+        pub fn pyust_tp_load() -> *const c_char;
         pub fn pyust_tp_count() -> c_int;
         pub static pyust_tp_states: [*const c_int; 8];
         pub fn pyust_tp_emit_call(
@@ -72,6 +74,38 @@ pub const EV_FAST: c_int = 32;
 pub const EV_FAST_C: c_int = 64;
 /// `python_fast:exception` (not part of [`enabled`]: it goes with `EV_FAST`).
 pub const EV_FAST_EXC: c_int = 128;
+
+/// Why the tracepoint provider could not be loaded (None: it is loaded).
+static LOAD_ERROR: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Loads the tracepoint provider beside the module (once; called at
+/// import). Until it is loaded, and for good when it cannot be, every
+/// tracepoint is off: no session can enable them.
+pub fn load_provider() -> Option<&'static str> {
+    LOAD_ERROR
+        .get_or_init(|| {
+            // SAFETY: dlopens a file of ours; the result is NULL or a
+            // NUL-terminated string in a static buffer, copied at once
+            // (this runs once).
+            unsafe {
+                let err = raw::pyust_tp_load();
+                (!err.is_null()).then(|| CStr::from_ptr(err).to_string_lossy().into_owned())
+            }
+        })
+        .as_deref()
+}
+
+/// When the provider is not loaded: one line saying why and what to do.
+pub fn provider_warning() -> Option<String> {
+    let err = load_provider()?;
+    Some(if err.contains("liblttng-ust.so") {
+        "LTTng-UST is not installed (liblttng-ust.so.1 not found), so nothing is \
+         traced: install liblttng-ust1t64 or liblttng-ust1 (Debian, Ubuntu), lttng-ust (Fedora)"
+            .to_owned()
+    } else {
+        format!("nothing is traced: the tracepoint provider did not load ({err})")
+    })
+}
 
 /// How many tracepoints this module defines (9 when the `python` and
 /// `python_fast` providers were linked in whole).

@@ -1,39 +1,107 @@
 /*
- * Probes and definitions of the `python` provider, and the small C-ABI
- * wrappers through which Rust emits each event (src/ffi/lttng.rs declares them).
+ * The tracepoints of the `python` and `python_fast` providers, defined in
+ * the extension module, the small C-ABI wrappers through which Rust emits
+ * each event (src/ffi/lttng.rs declares them), and the loading of the
+ * probes.
+ *
+ * The extension does not link LTTng-UST: the tracepoints are defined with
+ * dynamic probe linkage (lttng-ust(3)), and their probes are in a shared
+ * object of their own (provider.c), which pyust_tp_load() dlopens at
+ * import. Without it, or without LTTng-UST on the machine, every enabled
+ * flag stays 0 and no emitter is ever called.
  *
  * Rust reads the enabled flags (`pyust_tp_states`) before it extracts any string, then
  * calls `pyust_tp_emit_*`, which record unconditionally: the strings are
  * only built when some session listens.
  */
-#define LTTNG_UST_TRACEPOINT_CREATE_PROBES
+#define _GNU_SOURCE /* dladdr */
 #define LTTNG_UST_TRACEPOINT_DEFINE
+#define LTTNG_UST_TRACEPOINT_PROBE_DYNAMIC_LINKAGE
 #include "python_tp.h"
 #include "fast_tp.h"
 #ifdef PYUST_BENCH
 #include "proto_tp.h" /* the prototype's provider, for the benchmark */
 #endif
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
-#include <lttng/ust-fork.h>
 
 /*
- * The section listing this provider's tracepoints is found by LTTng-UST
- * through weak __start_/__stop_ symbols, which do not keep it alive under
- * the linker's --gc-sections (Rust links cdylibs with it). Rust calls this
- * once at import: the strong reference keeps the section, and the result
- * says whether the tracepoints are there.
+ * The provider's file name beside the extension module (build.rs: the hash
+ * of its content, so that builds for other systems sharing the folder do
+ * not overwrite each other's).
+ */
+#ifndef PYUST_PROVIDER
+#error "build.rs defines PYUST_PROVIDER"
+#endif
+
+/* LTTng-UST's fork protocol (lttng/ust-fork.h), found in the provider's. */
+static void (*pyust_ust_before_fork)(sigset_t *);
+static void (*pyust_ust_after_fork_parent)(sigset_t *);
+static void (*pyust_ust_after_fork_child)(sigset_t *);
+
+static char pyust_load_error[1024];
+
+/*
+ * Loads the provider from the extension's own folder, once, at import.
+ * Returns NULL when it is loaded, else why not (dlerror()'s text: it
+ * names liblttng-ust.so.1 when LTTng-UST is missing). The handle is never
+ * closed: LTTng-UST keeps pointers into it.
+ */
+const char *pyust_tp_load(void)
+{
+	Dl_info self;
+	const char *slash;
+	void *provider;
+	int len;
+
+	if (!dladdr((void *) pyust_tp_load, &self) || !self.dli_fname) {
+		return "cannot find the extension module's own path";
+	}
+	slash = strrchr(self.dli_fname, '/');
+	len = slash ? (int) (slash - self.dli_fname) : 1;
+	snprintf(pyust_load_error, sizeof(pyust_load_error), "%.*s/%s", len,
+		slash ? self.dli_fname : ".", PYUST_PROVIDER);
+	provider = dlopen(pyust_load_error, RTLD_NOW | RTLD_LOCAL);
+	if (!provider) {
+		snprintf(pyust_load_error, sizeof(pyust_load_error), "%s",
+			dlerror());
+		return pyust_load_error;
+	}
+	/* dlsym on a handle also searches its dependencies (liblttng-ust). */
+	*(void **) &pyust_ust_before_fork =
+		dlsym(provider, "lttng_ust_before_fork");
+	*(void **) &pyust_ust_after_fork_parent =
+		dlsym(provider, "lttng_ust_after_fork_parent");
+	*(void **) &pyust_ust_after_fork_child =
+		dlsym(provider, "lttng_ust_after_fork_child");
+	return NULL;
+}
+
+/*
+ * The section listing the tracepoints (lttng_ust_tracepoints_ptrs) is
+ * found by LTTng-UST through weak __start_/__stop_ symbols, which do not
+ * keep it alive under the linker's --gc-sections (Rust links cdylibs with
+ * it, and lld's default -z start-stop-gc ignores even strong ones). Rust
+ * calls this once at import: its reference to one pointer of the section
+ * keeps the section (this file's pointers are one input section), and the
+ * result says whether all the tracepoints are there.
  */
 extern struct lttng_ust_tracepoint * const __start_lttng_ust_tracepoints_ptrs[];
 extern struct lttng_ust_tracepoint * const __stop_lttng_ust_tracepoints_ptrs[];
 
 int pyust_tp_count(void)
 {
+	struct lttng_ust_tracepoint *const *volatile keep =
+		&lttng_ust_tracepoint_ptr_python___call;
+
+	(void) keep;
 	return (int) (__stop_lttng_ust_tracepoints_ptrs
 		- __start_lttng_ust_tracepoints_ptrs);
 }
@@ -148,23 +216,27 @@ int32_t pyust_gettid(void)
  * LTTng-UST's fork protocol (what liblttng-ust-fork.so does by wrapping
  * fork()): the child re-registers with the session daemon under its own
  * pid. Python calls these through os.register_at_fork; one fork at a time
- * runs per process (the GIL is held), so one saved mask suffices.
+ * runs per process (the GIL is held), so one saved mask suffices. Without
+ * the provider there is nothing to re-register.
  */
 static sigset_t pyust_fork_sigset;
 
 void pyust_tp_before_fork(void)
 {
-	lttng_ust_before_fork(&pyust_fork_sigset);
+	if (pyust_ust_before_fork)
+		pyust_ust_before_fork(&pyust_fork_sigset);
 }
 
 void pyust_tp_after_fork_parent(void)
 {
-	lttng_ust_after_fork_parent(&pyust_fork_sigset);
+	if (pyust_ust_after_fork_parent)
+		pyust_ust_after_fork_parent(&pyust_fork_sigset);
 }
 
 void pyust_tp_after_fork_child(void)
 {
-	lttng_ust_after_fork_child(&pyust_fork_sigset);
+	if (pyust_ust_after_fork_child)
+		pyust_ust_after_fork_child(&pyust_fork_sigset);
 }
 
 /*
