@@ -6,6 +6,10 @@
 #
 # Stages: base (LTTng and Python) -> dev (the toolchain; the devcontainer's
 # target) -> build (the wheel) -> runtime (the default: pyust, no toolchain).
+# The runtime stage installs the wheel the way `pip install` of a released
+# one does: LTTng-UST's runtime package is all it needs (the extension loads
+# the tracepoint provider, the only part linked to liblttng-ust, at import);
+# no compiler, no -dev package.
 # Works with BuildKit and with the legacy builder: cargo's dependencies are
 # cached in a layer of their own rather than a cache mount.
 
@@ -17,6 +21,8 @@ FROM ${BASE_IMAGE} AS base
 # PEM certificates to trust besides the system's, for builds behind a
 # TLS-intercepting proxy (cargo xtask passes the host's local ones).
 ARG EXTRA_CA_CERTS=""
+# More apt packages for this stage (tests: another CPython to install on).
+ARG BASE_PACKAGES=""
 ENV DEBIAN_FRONTEND=noninteractive \
     LANG=C.UTF-8 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -33,6 +39,7 @@ RUN apt-get update \
         lttng-tools \
         python3 \
         python3-venv \
+        $BASE_PACKAGES \
     && rm -rf /var/lib/apt/lists/* \
     && if [ -n "$EXTRA_CA_CERTS" ]; then \
         printf '%s\n' "$EXTRA_CA_CERTS" > /usr/local/share/ca-certificates/extra.crt \
@@ -69,7 +76,8 @@ COPY xtask/Cargo.toml xtask/Cargo.toml
 RUN mkdir -p src/tp xtask/src python/pyust \
     && printf 'use pyo3::prelude::*;\n#[pymodule]\nfn _pyust(_m: &Bound<'"'"'_, PyModule>) -> PyResult<()> { Ok(()) }\n' > src/lib.rs \
     && echo 'fn main() {}' > xtask/src/main.rs \
-    && touch src/tp/python_tp.c src/tp/python_tp.h python/pyust/__init__.py \
+    && touch src/tp/python_tp.c src/tp/provider.c src/tp/python_tp.h src/tp/fast_tp.h \
+        src/tp/proto_tp.h python/pyust/__init__.py \
     && maturin build --release --compatibility linux --out /tmp/dummy-wheel \
     && rm -rf /tmp/dummy-wheel src python xtask/src
 COPY src src

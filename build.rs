@@ -96,11 +96,15 @@ impl Ust {
                 .iter()
                 .find(|d| d.join(dir).join(probe).is_file())
                 .unwrap_or_else(|| {
-                    fail(&format!("{dir}/{probe} not found in {dirs:?} (liblttng-ust-dev)"))
+                    fail(&format!(
+                        "{dir}/{probe} not found in {dirs:?} (liblttng-ust-dev)"
+                    ))
                 });
             // The folder, and its top-level headers (urcu-pointer.h, ...).
             for entry in std::fs::read_dir(parent).unwrap_or_else(|err| fail(&err.to_string())) {
-                let name = entry.unwrap_or_else(|err| fail(&err.to_string())).file_name();
+                let name = entry
+                    .unwrap_or_else(|err| fail(&err.to_string()))
+                    .file_name();
                 let name = name.to_string_lossy();
                 if name == dir || (name.starts_with(dir) && name.ends_with(".h")) {
                     copy_path(&parent.join(&*name), &include.join(&*name));
@@ -186,7 +190,10 @@ fn copy_path(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap_or_else(|err| fail(&err.to_string()));
     for entry in std::fs::read_dir(from).unwrap_or_else(|err| fail(&err.to_string())) {
         let path = entry.unwrap_or_else(|err| fail(&err.to_string())).path();
-        copy_path(&path, &to.join(path.file_name().expect("an entry has a name")));
+        copy_path(
+            &path,
+            &to.join(path.file_name().expect("an entry has a name")),
+        );
     }
 }
 

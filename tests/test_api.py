@@ -256,3 +256,50 @@ def test_free_threaded_build_keeps_the_gil_off(session: Session, tmp_path: Path)
     assert proc.stderr == ""
     work = [e for e in events if e.name == "call" and e["co_name"] == "work"]
     assert len(work) == 4 and len({e.vtid for e in work}) == 4
+
+
+def test_without_the_provider(tmp_path: Path) -> None:
+    """The package with its tracepoint provider missing (what a machine
+    without LTTng-UST looks like to pyust: the provider's dlopen fails):
+    import works, nothing can be traced, the first `enable()` says so in
+    one line, `python -m pyust` runs the script and `pyust record` exits 2.
+    The wheels' check (`cargo xtask wheels --check`) runs the same in a
+    container that has no LTTng at all."""
+    import pyust
+
+    package = Path(pyust.__file__).parent
+    copy = tmp_path / "site" / "pyust"
+    copy.mkdir(parents=True)
+    for file in package.iterdir():
+        if file.is_file() and not file.name.startswith("_pyust_tp-"):
+            (copy / file.name).write_bytes(file.read_bytes())
+    env = {**os.environ, "PYTHONPATH": str(copy.parent)}
+    script = write_script(tmp_path, "hello.py", "print('hello')")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    proc = run(
+        "-c",
+        "import pyust; print(pyust.__file__, pyust.session_active(), pyust._pyust._tracepoints);"
+        "pyust.enable(); pyust.enable(); pyust.disable(); print(pyust._pyust._armed())",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(copy / "__init__.py"), "False", "9", "False"]
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("pyust: nothing is traced: the tracepoint provider did not load (")
+    assert "_pyust_tp-" in lines[0]
+
+    proc = run("-m", "pyust", str(script))
+    assert (proc.returncode, proc.stdout) == (0, "hello\n")
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("pyust: nothing is traced")
+
+    proc = run("-m", "pyust", "record", "-o", str(tmp_path / "trace"), str(script))
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("pyust: nothing is traced")
+    assert not (tmp_path / "trace").exists()

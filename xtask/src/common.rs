@@ -156,6 +156,12 @@ pub fn ci(sh: &Shell) -> Result<()> {
     crate::perfetto_ui::run(sh, &newest.to_string_lossy())?;
     free_threaded(sh)?;
 
+    // The wheels, installed by pip where no compiler is (they build base
+    // images for bookworm, trixie and forky).
+    let wheels = crate::wheels::build(sh)?;
+    crate::docker::ensure_daemon(sh)?;
+    crate::wheels::check_installs(sh, &wheels)?;
+
     // A local Debian base, and the e2e in a container of the image on it.
     let container_e2e = |suite: &str| -> Result<String> {
         step(&format!("base image {suite} (debootstrap)"));

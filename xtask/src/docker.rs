@@ -160,6 +160,37 @@ pub fn build_with(
     .with_context(|| format!("building {tag} from {base}"))
 }
 
+/// The Dockerfile's `base` stage (LTTng's runtime, lttng-tools,
+/// babeltrace2, CPython; no compiler, no -dev package), with more apt
+/// packages (BASE_PACKAGES).
+pub fn build_base(sh: &Shell, base: &str, tag: &str, packages: &[&str]) -> Result<()> {
+    let base_arg = format!("BASE_IMAGE={base}");
+    let packages_arg = format!("BASE_PACKAGES={}", packages.join(" "));
+    eprintln!("xtask: docker build --target base -t {tag} (BASE_IMAGE={base})");
+    cmd!(
+        sh,
+        "docker build --network host --build-arg {base_arg} --build-arg {packages_arg} --target base -t {tag} ."
+    )
+    .quiet()
+    .run()
+    .with_context(|| format!("building {tag} from {base}"))
+}
+
+/// `base` with CPython alone (python3, python3-venv): nothing of LTTng.
+pub fn build_python_only(sh: &Shell, base: &str, tag: &str) -> Result<()> {
+    let dockerfile = format!(
+        "FROM {base}\nRUN apt-get update \\\n    && DEBIAN_FRONTEND=noninteractive apt-get install -y \
+         --no-install-recommends python3 python3-venv \\\n    && rm -rf /var/lib/apt/lists/*\n"
+    );
+    eprintln!("xtask: docker build -t {tag} (python3 alone, from {base})");
+    cmd!(sh, "docker build --network host -t {tag} -")
+        .stdin(dockerfile)
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .with_context(|| format!("building {tag} from {base}"))
+}
+
 /// `cargo xtask base-image [--suite SUITE]`: a minimal Debian, bootstrapped
 /// with debootstrap from Debian's mirror, imported as `local/debian:SUITE`.
 pub fn base_image(sh: &Shell, suite: &str, force: bool) -> Result<String> {

