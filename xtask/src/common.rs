@@ -75,6 +75,12 @@ pub fn python_version(sh: &Shell, python: &str) -> Result<String> {
 /// A virtualenv under target/ for `python`, with pyust built into it
 /// (release, editable) and the test tools installed. Returns its python.
 pub fn python_env(sh: &Shell, python: &str) -> Result<PathBuf> {
+    python_env_from(sh, python, None)
+}
+
+/// The same, with pyust installed by pip from the wheels in `wheels`
+/// (`cargo xtask wheels`) when given: `ci` tests what users install.
+pub fn python_env_from(sh: &Shell, python: &str, wheels: Option<&Path>) -> Result<PathBuf> {
     let version = python_version(sh, python)?;
     let venv = target_dir(sh).join(format!("venv-{version}"));
     let venv_python = venv.join("bin").join("python");
@@ -105,6 +111,15 @@ pub fn python_env(sh: &Shell, python: &str) -> Result<PathBuf> {
         )
         .run()?;
     }
+    if let Some(wheels) = wheels {
+        cmd!(
+            sh,
+            "{venv_python} -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps --no-index --find-links {wheels} pyust"
+        )
+        .run()
+        .context("installing pyust's wheel into the virtualenv")?;
+        return Ok(venv_python);
+    }
     let bin = venv.join("bin");
     let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
@@ -132,6 +147,10 @@ pub fn ci(sh: &Shell) -> Result<()> {
     cmd!(sh, "cargo test --quiet -p xtask").run()?;
     cmd!(sh, "cargo test --quiet -p pyust --lib").run()?;
 
+    // The wheels first: each CPython's tests below run on its wheel, as
+    // `pip install` gives it to users.
+    let wheels = crate::wheels::build(sh)?;
+
     ensure_sessiond(sh)?;
     let mut tested = Vec::new();
     for (version, python) in pythons() {
@@ -146,7 +165,7 @@ pub fn ci(sh: &Shell) -> Result<()> {
             );
             continue;
         };
-        check_python(sh, &version, &python, tested.is_empty())?;
+        check_python(sh, &version, &python, tested.is_empty(), Some(&wheels))?;
         tested.push(python);
     }
     let Some(newest) = tested.last() else {
@@ -154,30 +173,26 @@ pub fn ci(sh: &Shell) -> Result<()> {
     };
     // The timelines do not depend on the interpreter: once, on the newest.
     crate::perfetto_ui::run(sh, &newest.to_string_lossy())?;
-    free_threaded(sh)?;
+    free_threaded(sh, Some(&wheels))?;
 
     // The wheels, installed by pip where no compiler is (they build base
     // images for bookworm, trixie and forky).
-    let wheels = crate::wheels::build(sh)?;
     crate::docker::ensure_daemon(sh)?;
     crate::wheels::check_installs(sh, &wheels)?;
 
-    // A local Debian base, and the e2e in a container of the image on it.
-    let container_e2e = |suite: &str| -> Result<String> {
-        step(&format!("base image {suite} (debootstrap)"));
-        let base = crate::docker::base_image(sh, suite, false)?;
-        step(&format!("e2e in the {suite} container"));
-        crate::e2e::E2e {
-            local: false,
-            python: None,
-            base: Some(base.clone()),
-        }
-        .run(sh)?;
-        Ok(base)
-    };
-    // Debian stable (CPython 3.13, LTTng 2.13) and testing (3.14, 2.16).
-    let base = container_e2e(crate::docker::DEFAULT_SUITE)?;
-    let testing = container_e2e(crate::docker::TESTING_SUITE)?;
+    // The image (built from source in its build stage) on Debian stable
+    // (CPython 3.13, LTTng 2.13): the e2e in a container of it. On Debian
+    // testing the wheels' check above ran the same scenarios (3.14, 3.15,
+    // LTTng 2.16), and the pytest suites run below.
+    step("e2e in the trixie container (the pyust image)");
+    let base = crate::docker::base_image(sh, crate::docker::DEFAULT_SUITE, false)?;
+    crate::e2e::E2e {
+        local: false,
+        python: None,
+        base: Some(base.clone()),
+    }
+    .run(sh)?;
+    let testing = crate::docker::base_image(sh, crate::docker::TESTING_SUITE, false)?;
     step("CPython 3.14 and 3.15 in the Debian testing container: clippy, pytest");
     container_pytests(sh, &testing)?;
     step("devcontainer: up, then e2e --local inside");
@@ -189,22 +204,34 @@ pub fn ci(sh: &Shell) -> Result<()> {
 /// The free-threaded CPython (built once per machine): clippy, the pytest
 /// suites and the e2e snapshots, with the GIL off (`PYTHON_GIL=0`: any
 /// module that needs the GIL would fail to import instead of turning it on).
-pub fn free_threaded(sh: &Shell) -> Result<()> {
+pub fn free_threaded(sh: &Shell, wheels: Option<&Path>) -> Result<()> {
     step(&format!(
         "CPython {}t (free-threaded, built once per machine)",
         crate::freethreaded::VERSION
     ));
     let python = crate::freethreaded::python(sh)?;
     let _gil_off = sh.push_env("PYTHON_GIL", "0");
-    check_python(sh, "3.14t (PYTHON_GIL=0)", &python, false)
+    check_python(sh, "3.14t (PYTHON_GIL=0)", &python, false, wheels)
 }
 
 /// For one interpreter: clippy against it (with the bench-only code too),
-/// a release build into its virtualenv, ruff when `ruff` (once is enough),
-/// the pytest suites and the e2e snapshots on this machine.
-fn check_python(sh: &Shell, label: &str, python: &Path, ruff: bool) -> Result<()> {
+/// its wheel (or a release build) into its virtualenv, ruff when `ruff`
+/// (once is enough), the pytest suites and the e2e snapshots on this
+/// machine.
+fn check_python(
+    sh: &Shell,
+    label: &str,
+    python: &Path,
+    ruff: bool,
+    wheels: Option<&Path>,
+) -> Result<()> {
     step(&format!(
-        "CPython {label}: clippy, build ({})",
+        "CPython {label}: clippy, {} ({})",
+        if wheels.is_some() {
+            "its wheel"
+        } else {
+            "build"
+        },
         python.display()
     ));
     for features in [&[][..], &["--features", "bench"][..]] {
@@ -215,7 +242,7 @@ fn check_python(sh: &Shell, label: &str, python: &Path, ruff: bool) -> Result<()
         .env("PYO3_PYTHON", python)
         .run()?;
     }
-    let venv_python = python_env(sh, &python.to_string_lossy())?;
+    let venv_python = python_env_from(sh, &python.to_string_lossy(), wheels)?;
     if ruff {
         step("ruff");
         cmd!(sh, "{venv_python} -m ruff check python tests xtask/bench").run()?;

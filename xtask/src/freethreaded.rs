@@ -60,6 +60,13 @@ fn writable(dir: &Path) -> bool {
 }
 
 /// The free-threaded interpreter, built first when the cache has none.
+/// The free-threaded CPython when it is already built here.
+pub fn built() -> Option<PathBuf> {
+    let prefix = cache_dir().join(format!("cpython-{VERSION}t"));
+    let exe = prefix.join("bin").join("python3.14t");
+    (prefix.join(COMPLETE).exists() && exe.exists()).then_some(exe)
+}
+
 pub fn python(sh: &Shell) -> Result<PathBuf> {
     let prefix = cache_dir().join(format!("cpython-{VERSION}t"));
     let exe = prefix.join("bin").join("python3.14t");

@@ -175,7 +175,7 @@ fn run() -> Result<()> {
                 }
                 [flag] if flag == "--free-threaded" => {
                     common::ensure_sessiond(&sh)?;
-                    return common::free_threaded(&sh);
+                    return common::free_threaded(&sh, None);
                 }
                 _ => bail!(
                     "usage: cargo xtask pytest [--python PYTHON | --container | --free-threaded]"
@@ -201,6 +201,8 @@ fn run() -> Result<()> {
             if check {
                 docker::ensure_daemon(&sh)?;
                 wheels::check_installs(&sh, &dir)?;
+                common::ensure_sessiond(&sh)?;
+                wheels::free_threaded(&sh, &dir)?;
             }
             Ok(())
         }

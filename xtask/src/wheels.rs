@@ -299,6 +299,41 @@ pub fn check_installs(sh: &Shell, wheels: &Path) -> Result<()> {
     without_lttng(sh, wheels)
 }
 
+/// The 3.14t wheel, installed with pip into a virtualenv of the
+/// free-threaded CPython built here (no distribution ships one), with the
+/// GIL off: the scenarios under this machine's session daemon. (`ci` runs
+/// all the 3.14t tests on this wheel instead.)
+pub fn free_threaded(sh: &Shell, wheels: &Path) -> Result<()> {
+    let Some(python) = crate::freethreaded::built() else {
+        eprintln!(
+            "\nxtask: skipping the 3.14t wheel: no free-threaded CPython built here \
+             (`cargo xtask pytest --free-threaded` builds it)"
+        );
+        return Ok(());
+    };
+    step("the 3.14t wheel, on this machine's free-threaded CPython (PYTHON_GIL=0)");
+    let venv = target_dir(sh).join("wheel-checks").join("venv-3.14t");
+    if venv.exists() {
+        sh.remove_path(&venv)?;
+    }
+    cmd!(sh, "{python} -m venv {venv}").quiet().run()?;
+    let venv_python = venv.join("bin").join("python");
+    cmd!(
+        sh,
+        "{venv_python} -m pip install --quiet --disable-pip-version-check --no-index --find-links {wheels} pyust"
+    )
+    .run()?;
+    let _gil_off = sh.push_env("PYTHON_GIL", "0");
+    crate::e2e::E2e {
+        local: true,
+        python: Some(venv_python),
+        base: None,
+    }
+    .run(sh)?;
+    sh.remove_path(&venv)?;
+    Ok(())
+}
+
 /// A Debian trixie with CPython and nothing of LTTng: `import pyust`
 /// works, `python -m pyust foo.py` runs foo (exit 0, its output) with one
 /// line on stderr naming the package to install, `pyust record` exits 2
