@@ -41,7 +41,10 @@
 #error "build.rs defines PYUST_PROVIDER"
 #endif
 
-/* LTTng-UST's fork protocol (lttng/ust-fork.h), found in the provider's. */
+/*
+ * LTTng-UST's fork protocol (lttng/ust-fork.h), in liblttng-ust: reached
+ * through the provider's handle.
+ */
 static void (*pyust_ust_before_fork)(sigset_t *);
 static void (*pyust_ust_after_fork_parent)(sigset_t *);
 static void (*pyust_ust_after_fork_child)(sigset_t *);
