@@ -35,7 +35,8 @@ from typing import NoReturn
 
 USAGE = """\
 usage: pyust [-m module | script.py] [args...]
-       pyust record [-o DIR] [--view] [--all-processes] [--max-size SIZE]
+       pyust record [-o DIR | --relay HOST[:PORT] [--live]] [--view]
+                    [--all-processes] [--max-size SIZE]
                     [--mode fast|readable] [--no-c-calls]
                     [--flight-recorder [--buffer SIZE] [--snapshot-on EXC]]
                     [--subbuf-size SIZE] [--num-subbuf N]
@@ -62,6 +63,16 @@ python:c_call, python:c_return, python:exception).
       -o, --output DIR       where the trace goes (default: a new folder
                              under ./pyust-traces/)
       --view                 also print the trace as text
+      --relay HOST[:PORT]    stream the trace to the LTTng relay daemon
+                             (lttng-relayd) at HOST, control port PORT
+                             (default 5342; data on PORT+1) instead of a
+                             local folder; it lands in the relay's output
+                             folder under <this host's name>/pyust/
+      --live                 with --relay: a live session, which `babeltrace2
+                             --input-format=lttng-live` (and live viewers)
+                             read while the program runs; flushed every
+                             second, so a relay lost during the run keeps
+                             a readable copy up to then
       --mode MODE            readable (default): the python:* events, one
                              LTTng event each, strings in every event;
                              fast: the same events packed 8 bytes each per
@@ -501,6 +512,49 @@ def trace_format(lttng: str) -> list[str]:
     return []
 
 
+RELAY_PORT = 5342  # lttng-relayd's control port; data on the next one
+
+
+def parse_relay(value: str) -> tuple[str, int | None]:
+    """`--relay HOST[:PORT]` (an IPv6 address in brackets: [::1]:5342)."""
+    host, port = value, None
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                fail(f"--relay {value}: HOST or HOST:PORT")
+            port = rest[1:]
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    if not host or (port is not None and not (port.isdigit() and 0 < int(port) < 65535)):
+        fail(f"--relay {value}: HOST or HOST:PORT (a port from 1 to 65534)")
+    return host, None if port is None else int(port)
+
+
+def relay_address(relay: tuple[str, int | None]) -> str:
+    host, port = relay
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port or RELAY_PORT}"
+
+
+def relay_url(relay: tuple[str, int | None], path: str) -> str:
+    """lttng's net:// URL: control port, data port, the trace's path."""
+    host, port = relay
+    host = f"[{host}]" if ":" in host else host
+    ports = "" if port is None else f":{port}:{port + 1}"
+    return f"net://{host}{ports}/{path}"
+
+
+def relay_problem(relay: tuple[str, int | None]) -> str | None:
+    """Why nothing accepts connections on the relay's control port, if so."""
+    host, port = relay
+    try:
+        socket.create_connection((host, port or RELAY_PORT), timeout=3).close()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def default_output(target: Target) -> str:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = os.path.join("pyust-traces", f"{target.label}-{stamp}")
@@ -874,6 +928,8 @@ def record(argv: list[str]) -> int:
     exc_types: list[str] = []
     mode = DEFAULT_MODE
     c_calls = True
+    relay: tuple[str, int | None] | None = None
+    live = False
     while argv:
         arg = argv[0]
         name = arg.partition("=")[0] if arg.startswith("--") else arg
@@ -881,6 +937,11 @@ def record(argv: list[str]) -> int:
             output, argv = _option_value(argv, "a folder")
         elif arg == "--view":
             view, argv = True, argv[1:]
+        elif name == "--relay":
+            value, argv = _option_value(argv, "a host, or host:port")
+            relay = parse_relay(value)
+        elif arg == "--live":
+            live, argv = True, argv[1:]
         elif arg == "--all-processes":
             all_processes, argv = True, argv[1:]
         elif name == "--max-size":
@@ -916,6 +977,16 @@ def record(argv: list[str]) -> int:
             fail(f"unknown option for record: {arg}")
         else:
             break
+    if live and relay is None:
+        fail("--live needs --relay: a live session streams to a relay daemon")
+    if relay is not None:
+        for given, what in (
+            (output is not None, "-o (the trace goes to the relay's output folder)"),
+            (view, "--view (the trace is on the relay: `pyust view` it there)"),
+            (flight, "--flight-recorder"),
+        ):
+            if given:
+                fail(f"--relay does not go with {what}")
     if not flight and (buffer is not None or exc_types):
         fail(f"{'--buffer' if buffer is not None else '--snapshot-on'} needs --flight-recorder")
     if flight and max_size is not None:
@@ -944,9 +1015,16 @@ def record(argv: list[str]) -> int:
         fail("--view needs babeltrace2 (apt-get install babeltrace2)")
     ensure_session_daemon(lttng)
 
-    output = os.path.abspath(output or default_output(target))
-    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
-        fail(f"output folder {output} exists and is not empty")
+    if relay is None:
+        output = os.path.abspath(output or default_output(target))
+        if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+            fail(f"output folder {output} exists and is not empty")
+    else:
+        # The path the relay writes under <its output>/<this host>/.
+        output = "pyust/" + os.path.basename(default_output(target))
+        problem = relay_problem(relay)
+        if problem:
+            fail(f"no relay daemon answers at {relay_address(relay)} ({problem})")
     stamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
     session = f"pyust-{os.getpid()}-{stamp}"
 
@@ -1006,6 +1084,19 @@ def record(argv: list[str]) -> int:
                 "snapshot add-output",
             )
             signal.signal(signal.SIGUSR1, lambda _signum, _frame: recorder.request())
+        elif relay is not None:
+            _check(
+                _run_lttng(
+                    lttng,
+                    "create",
+                    session,
+                    f"--set-url={relay_url(relay, output)}",
+                    *(["--live"] if live else []),
+                    *trace_format(lttng),
+                ),
+                "create",
+            )
+            created = True
         else:
             _check(
                 _run_lttng(lttng, "create", session, f"--output={output}", *trace_format(lttng)),
@@ -1033,10 +1124,14 @@ def record(argv: list[str]) -> int:
                     "--type=procname",
                 ),
             ):
-                _check(
-                    _run_lttng(lttng, command, "--userspace", f"--session={session}", *args),
-                    command,
-                )
+                proc = _run_lttng(lttng, command, "--userspace", f"--session={session}", *args)
+                if proc.returncode != 0 and relay is not None and command == "enable-channel":
+                    # The session daemon reaches the relay at the first
+                    # channel, before the program runs (a client of
+                    # LTTng 2.16 may die of SIGPIPE there).
+                    where = relay_address(relay)
+                    fail(f"no relay daemon answers at {where} ({_lttng_error(proc)})")
+                _check(proc, command)
 
         if mode == "fast":
             events = ["python_fast:batch"]
@@ -1077,9 +1172,17 @@ def record(argv: list[str]) -> int:
                 fail(f"cannot make record's control socket: {exc}")
             env[RECORD_ENV] = tracker.path
         _check(_run_lttng(lttng, "start", session), "start")
+        if relay is not None and live:
+            host, port = relay
+            live_host = f"[{host}]" if ":" in host else host
+            live_port = (port or RELAY_PORT) + 2  # lttng-relayd's live port: 5344
+            _say(
+                "pyust: live: babeltrace2 --input-format=lttng-live "
+                f"net://{live_host}:{live_port}/host/{socket.gethostname()}/{session}"
+            )
         if recorder is not None:
             recorder.start()
-        else:
+        elif relay is None:
             # Room for every ring buffer's flush, and the metadata.
             ring = possible_cpus() * num_subbuf * channel_subbuf
             watch = DiskWatch(lttng, session, output, ring + (16 << 20))
@@ -1129,7 +1232,7 @@ def record(argv: list[str]) -> int:
                     f"({human_size(watch.free_then)} free): recording stopped "
                     f"{watch.stopped_at:.1f} s into the run; the program ran on untraced"
                 )
-            if max_size:
+            if max_size and relay is None:
                 gone, gone_bytes, kept = dropped_data(output)
                 if gone:
                     _say(
@@ -1140,6 +1243,22 @@ def record(argv: list[str]) -> int:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
         signal.signal(signal.SIGUSR1, old_usr1)
+    if relay is not None:
+        where = relay_address(relay)
+        if relay_problem(relay):
+            # LTTng sends the metadata of a session that is not live when
+            # it stops; a live one's goes with each second's flush.
+            _say(
+                f"pyust: the relay daemon at {where} stopped answering during the run: "
+                "its copy of the trace ends there"
+                + ("" if live else ", without the metadata to read it (--live sends it)")
+                + "; the program ran on"
+            )
+        _say(
+            f"pyust: trace streamed to the relay daemon at {where}, in its output folder "
+            f"under {socket.gethostname()}/{output}"
+        )
+        return status
     if not os.path.isdir(output):
         # LTTng's consumer went on writing into files that are gone; the
         # program ran all the same.
@@ -1204,6 +1323,13 @@ def show(path: str) -> None:
     babeltrace = shutil.which("babeltrace2")
     if babeltrace is None:
         fail("viewing a trace needs babeltrace2 (apt-get install babeltrace2)")
+    for root, _dirs, files in os.walk(path):
+        if "metadata" in files and os.path.getsize(os.path.join(root, "metadata")) == 0:
+            # (babeltrace2 aborts on it.)
+            fail(
+                f"{root}: the metadata file is empty (the trace was cut short before "
+                "its metadata was written): nothing in it can be read"
+            )
     # The text goes straight to stdout (traces can be large); babeltrace2's
     # own diagnostics are replaced by one line.
     proc = subprocess.run(
