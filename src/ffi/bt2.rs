@@ -327,9 +327,10 @@ pub fn read(
     // babeltrace2 aborts the process on an empty metadata file: what a
     // trace cut short before its metadata was written leaves (a relay
     // daemon killed during the run).
-    if let Some(empty) = traces.iter().find(|dir| {
-        std::fs::metadata(dir.join("metadata")).is_ok_and(|m| m.len() == 0)
-    }) {
+    if let Some(empty) = traces
+        .iter()
+        .find(|dir| std::fs::metadata(dir.join("metadata")).is_ok_and(|m| m.len() == 0))
+    {
         return Err(format!(
             "{}: the metadata file is empty (the trace was cut short before its metadata \
              was written): nothing in it can be read",

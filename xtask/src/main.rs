@@ -41,6 +41,12 @@ tasks:
                     how fast `pyust report` reads a trace of fib(N) (default
                     32: 14 million events) beside `babeltrace2 TRACE >
                     /dev/null` on the same trace: events/s, peak memory
+  bench-relay [--python PYTHON] [--fib N] [--rounds N]
+                    events/s one program sustains when `pyust record`
+                    streams to an lttng-relayd over loopback (--relay,
+                    --live) beside the same run written to local disk,
+                    readable and fast mode, discarded events (default
+                    fib(25), 3 rounds)
   bench-real [--python PYTHON] [--no-unbounded]
                     a real program: the pinned more-itertools test suite
                     (sdist from PyPI, fetched once) untraced, under
@@ -120,6 +126,31 @@ fn run() -> Result<()> {
             xshell::cmd!(
                 sh,
                 "{venv_python} xtask/bench/report_bench.py {workdir} {rounds} {fib}"
+            )
+            .run()?;
+            Ok(())
+        }
+        "bench-relay" => {
+            let (mut python, mut fib, mut rounds) =
+                ("python3".to_owned(), "25".to_owned(), "3".to_owned());
+            let mut args = rest.iter();
+            while let Some(arg) = args.next() {
+                let value = args
+                    .next()
+                    .with_context(|| format!("{arg} needs a value"))?;
+                match arg.as_str() {
+                    "--python" => python = value.clone(),
+                    "--fib" => fib = value.clone(),
+                    "--rounds" => rounds = value.clone(),
+                    other => bail!("unknown bench-relay option {other:?}"),
+                }
+            }
+            common::ensure_sessiond(&sh)?;
+            let venv_python = common::python_env(&sh, &python)?;
+            let workdir = common::target_dir(&sh).join("relay-bench");
+            xshell::cmd!(
+                sh,
+                "{venv_python} xtask/bench/relay_bench.py {workdir} {rounds} {fib}"
             )
             .run()?;
             Ok(())
