@@ -25,6 +25,22 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "tests" / "scenarios"
 PYUST_DIR = Path(__import__("pyust").__file__).resolve().parent
 
+# Modules whose subject does not depend on the interpreter (the trace
+# readers, the timelines, record's relay streaming): `cargo xtask ci` runs
+# them on a few interpreters only, saying why in PYUST_SKIP_SHARED.
+SHARED_MODULES = ("test_reader.py", "test_timeline.py", "test_relay.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = os.environ.get("PYUST_SKIP_SHARED")
+    if not reason:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if item.path.name in SHARED_MODULES:
+            item.add_marker(skip)
+
+
 LINE_RE = re.compile(
     r"^\[(?P<time>[^\]]+)\] \((?P<delta>[^)]+)\) (?P<host>\S+) "
     r"(?P<event>[A-Za-z0-9_]+:[A-Za-z0-9_]+): (?P<rest>.*)$"

@@ -260,6 +260,9 @@ fn check_python(
     {
         pytest = pytest.env("PYUST_SKIP_REGRTEST", REGRTEST_REASON);
     }
+    if !SHARED_ON.iter().any(|v| label.starts_with(v)) {
+        pytest = pytest.env("PYUST_SKIP_SHARED", SHARED_REASON);
+    }
     pytest.run()?;
     step(&format!("CPython {label}: e2e --local"));
     crate::e2e::E2e {
@@ -278,8 +281,15 @@ pub const CONTAINER_PYTHONS: [&str; 2] = ["3.14", "3.15"];
 /// about a minute per interpreter) run in `ci` on the interpreters where
 /// pyust's hooking changes — 3.8, 3.11 (the last profile-hook one), 3.12
 /// (the first `sys.monitoring` one), 3.13, 3.14t, 3.15 — not on these.
-const REGRTEST_SKIPPED: [&str; 3] = ["3.9", "3.10", "3.14"];
-const REGRTEST_REASON: &str = "cargo xtask ci runs CPython's regression tests under pyust on 3.8, 3.11, 3.12, 3.13, 3.14t and 3.15 (where pyust's hooking changes), to stay within its time budget";
+const REGRTEST_SKIPPED: [&str; 4] = ["3.9", "3.10", "3.13", "3.14"];
+const REGRTEST_REASON: &str = "cargo xtask ci runs CPython's regression tests under pyust on 3.8, 3.11, 3.12, 3.14t and 3.15 (the oldest, the last profile-hook one, the first sys.monitoring one, the free-threaded one, the newest), to stay within its time budget";
+
+/// The tests of `tests/conftest.py`'s SHARED_MODULES (the readers, the
+/// timelines, relay streaming: their subject is not the interpreter) run
+/// in `ci` on these: the oldest, the first `sys.monitoring` one, the
+/// free-threaded one, the newest (in the container).
+const SHARED_ON: [&str; 4] = ["3.8", "3.12", "3.14t", "3.15"];
+const SHARED_REASON: &str = "cargo xtask ci runs the reader, timeline and relay tests on CPython 3.8, 3.12, 3.14t and 3.15 (they do not depend on the interpreter), to stay within its time budget";
 
 /// `clippy`, the pytest suites and the e2e snapshots (`e2e --local`) for
 /// each of `CONTAINER_PYTHONS`, in a container of the dev image on `base`,
@@ -307,7 +317,7 @@ pub fn container_pytests(sh: &Shell, base: &str) -> Result<()> {
          echo; echo \"==> CPython $v (container): clippy, pytest\"; \
          PYO3_PYTHON=$(command -v python$v) cargo clippy --quiet -p pyust -- -D warnings; \
          PYO3_PYTHON=$(command -v python$v) cargo clippy --quiet -p pyust --features bench -- -D warnings; \
-         if [ $v = 3.14 ]; then export PYUST_SKIP_REGRTEST=\"{REGRTEST_REASON}\"; else unset PYUST_SKIP_REGRTEST; fi; \
+         if [ $v = 3.14 ]; then export PYUST_SKIP_REGRTEST=\"{REGRTEST_REASON}\" PYUST_SKIP_SHARED=\"{SHARED_REASON}\"; else unset PYUST_SKIP_REGRTEST PYUST_SKIP_SHARED; fi; \
          cargo xtask pytest --python python$v; \
          echo \"==> CPython $v (container): e2e --local\"; \
          cargo xtask e2e --local --python /target/venv-$v/bin/python; done"
