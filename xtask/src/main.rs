@@ -53,9 +53,10 @@ tasks:
                     cProfile, VizTracer, pyust idle, pyust record (default
                     cap, --max-size 0, --flight-recorder), then pyust
                     report on the trace: wall-clock ratios, bytes on disk
-  pytest [--python PYTHON | --container | --free-threaded]
+  pytest [--python PYTHON] [-- PYTEST_ARGS] | --container | --free-threaded
                     build pyust into a virtualenv of PYTHON (default
-                    python3) and run the pytest suites; --container: for
+                    python3) and run the pytest suites (or pytest with
+                    PYTEST_ARGS); --container: for
                     CPython 3.14 and 3.15, in a container of Debian testing
                     (local/debian:forky, made when missing);
                     --free-threaded: on CPython 3.14t with the GIL off, and
@@ -197,24 +198,36 @@ fn run() -> Result<()> {
             Ok(())
         }
         "pytest" => {
-            let python = match rest {
+            // Options, then `--` and arguments for pytest (default: tests).
+            let split = rest.iter().position(|a| a == "--");
+            let (options, pytest_args) = match split {
+                Some(at) => (&rest[..at], &rest[at + 1..]),
+                None => (rest, &[][..]),
+            };
+            let python = match options {
                 [] => "python3".to_owned(),
                 [flag, python] if flag == "--python" => python.clone(),
-                [flag] if flag == "--container" => {
+                [flag] if flag == "--container" && split.is_none() => {
                     let base = docker::base_image(&sh, docker::TESTING_SUITE, false)?;
                     return common::container_pytests(&sh, &base);
                 }
-                [flag] if flag == "--free-threaded" => {
+                [flag] if flag == "--free-threaded" && split.is_none() => {
                     common::ensure_sessiond(&sh)?;
                     return common::free_threaded(&sh, None);
                 }
                 _ => bail!(
-                    "usage: cargo xtask pytest [--python PYTHON | --container | --free-threaded]"
+                    "usage: cargo xtask pytest [--python PYTHON] [-- PYTEST_ARGS...] | --container | --free-threaded"
                 ),
             };
             common::ensure_sessiond(&sh)?;
             let venv_python = common::python_env(&sh, &python)?;
-            xshell::cmd!(sh, "{venv_python} -m pytest -q tests").run()?;
+            let default = ["tests".to_owned()];
+            let args = if pytest_args.is_empty() {
+                &default[..]
+            } else {
+                pytest_args
+            };
+            xshell::cmd!(sh, "{venv_python} -m pytest -q {args...}").run()?;
             Ok(())
         }
         "perfetto-ui" => match rest {
