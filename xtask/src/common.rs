@@ -193,10 +193,32 @@ pub fn ci(sh: &Shell) -> Result<()> {
     }
     .run(sh)?;
     let testing = crate::docker::base_image(sh, crate::docker::TESTING_SUITE, false)?;
-    step("CPython 3.14 and 3.15 in the Debian testing container: clippy, pytest");
-    container_pytests(sh, &testing)?;
-    step("devcontainer: up, then e2e --local inside");
-    crate::devcontainer::check(sh, &base)?;
+    // Two containers, each with its own session daemon and shared memory,
+    // side by side: the Debian testing one's output goes to a log,
+    // printed when it ends.
+    step(
+        "side by side: CPython 3.14 and 3.15 in the Debian testing container (clippy, pytest), \
+         and the devcontainer (up, then e2e --local and pytest inside)",
+    );
+    let mut testing_run = container_pytests_command(sh, &testing)?;
+    let log_path = target_dir(sh).join("ci-testing-container.log");
+    let log = std::fs::File::create(&log_path)?;
+    testing_run.stdout(log.try_clone()?).stderr(log);
+    let testing_job = std::thread::spawn(move || testing_run.status());
+    let devcontainer = crate::devcontainer::check(sh, &base);
+    let testing_status = testing_job
+        .join()
+        .map_err(|_| anyhow::anyhow!("the container job panicked"))?;
+    eprintln!(
+        "\n==> the Debian testing container's output ({}):",
+        log_path.display()
+    );
+    eprint!("{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+    devcontainer.context("the devcontainer")?;
+    let testing_status = testing_status.context("running docker")?;
+    if !testing_status.success() {
+        bail!("CPython 3.14 and 3.15 in the Debian testing container failed ({testing_status})");
+    }
     eprintln!("\nxtask: ci passed");
     Ok(())
 }
@@ -297,6 +319,17 @@ const SHARED_REASON: &str = "cargo xtask ci runs the reader, timeline and relay 
 /// build and the virtualenvs go to the Docker volume pyust-target-<suite>,
 /// crates to pyust-cargo-registry.
 pub fn container_pytests(sh: &Shell, base: &str) -> Result<()> {
+    let status = container_pytests_command(sh, base)?
+        .status()
+        .context("running docker")?;
+    if !status.success() {
+        bail!("the pytest suites in the container failed ({status})");
+    }
+    Ok(())
+}
+
+/// The `docker run` of [`container_pytests`] (its image built first).
+fn container_pytests_command(sh: &Shell, base: &str) -> Result<std::process::Command> {
     let suite = base.rsplit(':').next().unwrap_or("container");
     let tag = format!("pyust-dev:{suite}");
     let mut packages = vec!["rust-clippy"];
@@ -322,12 +355,31 @@ pub fn container_pytests(sh: &Shell, base: &str) -> Result<()> {
          echo \"==> CPython $v (container): e2e --local\"; \
          cargo xtask e2e --local --python /target/venv-$v/bin/python; done"
     );
-    cmd!(
-        sh,
-        "docker run --rm --network host --shm-size=1g -v {mount} -v {target_volume} -v pyust-cargo-registry:/root/.cargo/registry -w /src -e {target} -e CI=true {tag} bash -c {script}"
-    )
-    .run()
-    .context("the pytest suites in the container")
+    let mut docker = std::process::Command::new("docker");
+    docker.args([
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--shm-size=1g",
+        "-v",
+        &mount,
+        "-v",
+        &target_volume,
+        "-v",
+        "pyust-cargo-registry:/root/.cargo/registry",
+        "-w",
+        "/src",
+        "-e",
+        target,
+        "-e",
+        "CI=true",
+        &tag,
+        "bash",
+        "-c",
+        &script,
+    ]);
+    Ok(docker)
 }
 
 /// The supported CPython versions, each with its interpreter when this
