@@ -206,7 +206,12 @@ def test_record_view_foo(sessiond: None, tmp_path: Path) -> None:
 # --- bounded recording ---------------------------------------------------------
 
 PACED = """
+import os
 import time
+
+# One CPU, so one stream: --max-size drops the oldest files of each
+# stream, and a stream that saw "first" and little else would keep it.
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 def first():
     pass

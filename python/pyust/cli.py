@@ -1020,8 +1020,9 @@ def record(argv: list[str]) -> int:
         if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
             fail(f"output folder {output} exists and is not empty")
     else:
-        # The path the relay writes under <its output>/<this host>/.
-        output = "pyust/" + os.path.basename(default_output(target))
+        # The path the relay writes under <its output>/<this host>/: the
+        # pid keeps two runs of one script in the same second apart.
+        output = f"pyust/{os.path.basename(default_output(target))}-{os.getpid()}"
         problem = relay_problem(relay)
         if problem:
             fail(f"no relay daemon answers at {relay_address(relay)} ({problem})")
