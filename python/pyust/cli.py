@@ -531,18 +531,21 @@ def parse_relay(value: str) -> tuple[str, int | None]:
     return host, None if port is None else int(port)
 
 
+def relay_host(relay: tuple[str, int | None]) -> str:
+    """The relay's host as a URL writes it (an IPv6 address in brackets)."""
+    host = relay[0]
+    return f"[{host}]" if ":" in host else host
+
+
 def relay_address(relay: tuple[str, int | None]) -> str:
-    host, port = relay
-    host = f"[{host}]" if ":" in host else host
-    return f"{host}:{port or RELAY_PORT}"
+    return f"{relay_host(relay)}:{relay[1] or RELAY_PORT}"
 
 
 def relay_url(relay: tuple[str, int | None], path: str) -> str:
     """lttng's net:// URL: control port, data port, the trace's path."""
-    host, port = relay
-    host = f"[{host}]" if ":" in host else host
+    port = relay[1]
     ports = "" if port is None else f":{port}:{port + 1}"
-    return f"net://{host}{ports}/{path}"
+    return f"net://{relay_host(relay)}{ports}/{path}"
 
 
 def relay_problem(relay: tuple[str, int | None]) -> str | None:
@@ -1174,12 +1177,10 @@ def record(argv: list[str]) -> int:
             env[RECORD_ENV] = tracker.path
         _check(_run_lttng(lttng, "start", session), "start")
         if relay is not None and live:
-            host, port = relay
-            live_host = f"[{host}]" if ":" in host else host
-            live_port = (port or RELAY_PORT) + 2  # lttng-relayd's live port: 5344
+            live_port = (relay[1] or RELAY_PORT) + 2  # lttng-relayd's live port: 5344
             _say(
                 "pyust: live: babeltrace2 --input-format=lttng-live "
-                f"net://{live_host}:{live_port}/host/{socket.gethostname()}/{session}"
+                f"net://{relay_host(relay)}:{live_port}/host/{socket.gethostname()}/{session}"
             )
         if recorder is not None:
             recorder.start()

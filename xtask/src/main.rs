@@ -84,6 +84,40 @@ tasks:
                     containers, pytest --container, the devcontainer
 ";
 
+/// `bench-report` and `bench-relay`: `xtask/bench/SCRIPT WORKDIR ROUNDS
+/// FIB_N` in a virtualenv of `--python` (default python3) with pyust
+/// built in, under a session daemon; `--fib` defaults to `default_fib`,
+/// `--rounds` to 3.
+fn fib_bench(
+    sh: &xshell::Shell,
+    task: &str,
+    script: &str,
+    default_fib: &str,
+    rest: &[String],
+) -> Result<()> {
+    let (mut python, mut fib, mut rounds) =
+        ("python3".to_owned(), default_fib.to_owned(), "3".to_owned());
+    let mut args = rest.iter();
+    while let Some(arg) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{arg} needs a value"))?;
+        match arg.as_str() {
+            "--python" => python = value.clone(),
+            "--fib" => fib = value.clone(),
+            "--rounds" => rounds = value.clone(),
+            other => bail!("unknown {task} option {other:?}"),
+        }
+    }
+    common::ensure_sessiond(sh)?;
+    let venv_python = common::python_env(sh, &python)?;
+    let workdir =
+        common::target_dir(sh).join(task.trim_start_matches("bench-").to_owned() + "-bench");
+    let script = std::path::Path::new("xtask/bench").join(script);
+    xshell::cmd!(sh, "{venv_python} {script} {workdir} {rounds} {fib}").run()?;
+    Ok(())
+}
+
 fn main() {
     if let Err(err) = run() {
         eprintln!("xtask: error: {err:#}");
@@ -106,56 +140,8 @@ fn run() -> Result<()> {
             _ => bail!("usage: cargo xtask demo [script.py]"),
         },
         "bench" => bench::Bench::parse(rest)?.run(&sh),
-        "bench-report" => {
-            let (mut python, mut fib, mut rounds) =
-                ("python3".to_owned(), "32".to_owned(), "3".to_owned());
-            let mut args = rest.iter();
-            while let Some(arg) = args.next() {
-                let value = args
-                    .next()
-                    .with_context(|| format!("{arg} needs a value"))?;
-                match arg.as_str() {
-                    "--python" => python = value.clone(),
-                    "--fib" => fib = value.clone(),
-                    "--rounds" => rounds = value.clone(),
-                    other => bail!("unknown bench-report option {other:?}"),
-                }
-            }
-            common::ensure_sessiond(&sh)?;
-            let venv_python = common::python_env(&sh, &python)?;
-            let workdir = common::target_dir(&sh).join("report-bench");
-            xshell::cmd!(
-                sh,
-                "{venv_python} xtask/bench/report_bench.py {workdir} {rounds} {fib}"
-            )
-            .run()?;
-            Ok(())
-        }
-        "bench-relay" => {
-            let (mut python, mut fib, mut rounds) =
-                ("python3".to_owned(), "25".to_owned(), "3".to_owned());
-            let mut args = rest.iter();
-            while let Some(arg) = args.next() {
-                let value = args
-                    .next()
-                    .with_context(|| format!("{arg} needs a value"))?;
-                match arg.as_str() {
-                    "--python" => python = value.clone(),
-                    "--fib" => fib = value.clone(),
-                    "--rounds" => rounds = value.clone(),
-                    other => bail!("unknown bench-relay option {other:?}"),
-                }
-            }
-            common::ensure_sessiond(&sh)?;
-            let venv_python = common::python_env(&sh, &python)?;
-            let workdir = common::target_dir(&sh).join("relay-bench");
-            xshell::cmd!(
-                sh,
-                "{venv_python} xtask/bench/relay_bench.py {workdir} {rounds} {fib}"
-            )
-            .run()?;
-            Ok(())
-        }
+        "bench-report" => fib_bench(&sh, "bench-report", "report_bench.py", "32", rest),
+        "bench-relay" => fib_bench(&sh, "bench-relay", "relay_bench.py", "25", rest),
         "bench-real" => {
             let mut python = "python3".to_owned();
             let mut unbounded = true;
