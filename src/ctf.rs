@@ -727,6 +727,8 @@ struct Layout {
 
 struct TraceInfo {
     meta: Metadata,
+    /// Its host (`bt2::intern_host`), from the metadata's environment.
+    host: u32,
     layouts: Vec<Layout>,
     /// Stream class id to `layouts` index.
     by_class: HashMap<u64, usize>,
@@ -1136,6 +1138,7 @@ fn open_trace(dir: &Path) -> Result<TraceInfo, String> {
     }
     Ok(TraceInfo {
         meta,
+        host: crate::ffi::bt2::intern_host(&crate::ffi::bt2::metadata_hostname(dir)),
         layouts,
         by_class,
     })
@@ -1266,6 +1269,7 @@ pub fn read(
                 let p = &s.packet;
                 Message::Event(Event {
                     kind,
+                    host: info.host,
                     ns: d.ns,
                     vpid: d.vpid,
                     vtid: d.vtid,

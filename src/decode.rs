@@ -52,6 +52,7 @@ struct Pending {
     ns: i64,
     /// Order of unpacking: ties keep a thread's order.
     seq: u64,
+    host: u32,
     vpid: i64,
     vtid: i64,
     kind: u8,
@@ -63,7 +64,8 @@ struct Pending {
 }
 
 struct Decoder {
-    defs: HashMap<(i64, u32), Names>,
+    /// By (host, pid, id).
+    defs: HashMap<(u32, i64, u32), Names>,
     procnames: Vec<String>,
     procname_index: HashMap<String, u32>,
     heap: BinaryHeap<Reverse<Pending>>,
@@ -72,7 +74,7 @@ struct Decoder {
     released: i64,
     stats: Stats,
     /// Processes with readable `python:*` events in the trace.
-    readable: std::collections::HashSet<i64>,
+    readable: std::collections::HashSet<(u32, i64)>,
 }
 
 static UNKNOWN: Names = Names {
@@ -84,6 +86,19 @@ static UNKNOWN: Names = Names {
 };
 
 impl Decoder {
+    fn new() -> Decoder {
+        Decoder {
+            defs: HashMap::new(),
+            procnames: Vec::new(),
+            procname_index: HashMap::new(),
+            heap: BinaryHeap::new(),
+            seq: 0,
+            released: i64::MIN,
+            stats: Stats::default(),
+            readable: std::collections::HashSet::new(),
+        }
+    }
+
     fn message(
         &mut self,
         message: Message<'_>,
@@ -96,7 +111,7 @@ impl Decoder {
             Kind::Def => {
                 let id = ev.id as u32;
                 self.defs.insert(
-                    (ev.vpid, id),
+                    (ev.host, ev.vpid, id),
                     Names {
                         co_name: ev.co_name.to_owned(),
                         co_qualname: ev.co_qualname.to_owned(),
@@ -112,11 +127,11 @@ impl Decoder {
                 self.release(ev.ns - WINDOW, out)
             }
             _ if self.heap.is_empty() => {
-                self.readable.insert(ev.vpid);
+                self.readable.insert((ev.host, ev.vpid));
                 out(Message::Event(ev))
             }
             _ => {
-                self.readable.insert(ev.vpid);
+                self.readable.insert((ev.host, ev.vpid));
                 self.release(ev.ns, out)?;
                 out(Message::Event(ev))
             }
@@ -157,6 +172,7 @@ impl Decoder {
             let mut p = Pending {
                 ns: ev.base_ns + to_ns(delta),
                 seq: self.seq,
+                host: ev.host,
                 vpid: ev.vpid,
                 vtid: ev.vtid,
                 kind,
@@ -197,7 +213,7 @@ impl Decoder {
                 self.stats.late += 1;
             }
             self.released = self.released.max(p.ns);
-            if self.readable.contains(&p.vpid) {
+            if self.readable.contains(&(p.host, p.vpid)) {
                 self.stats.duplicate += 1;
                 continue;
             }
@@ -209,7 +225,7 @@ impl Decoder {
                 _ => Kind::Exception,
             };
             let lookup = |id: u32, stats: &mut Stats| -> &Names {
-                match self.defs.get(&(p.vpid, id)) {
+                match self.defs.get(&(p.host, p.vpid, id)) {
                     Some(n) => n,
                     None => {
                         if id != 0 {
@@ -235,6 +251,7 @@ impl Decoder {
             let q = if unnamed { "?" } else { &names.co_qualname };
             let ev = Event {
                 kind,
+                host: p.host,
                 ns: p.ns,
                 vpid: p.vpid,
                 vtid: p.vtid,
@@ -280,16 +297,7 @@ pub fn read(
     trace: &Path,
     each: &mut dyn FnMut(Message<'_>) -> Result<(), String>,
 ) -> Result<Stats, String> {
-    let mut decoder = Decoder {
-        defs: HashMap::new(),
-        procnames: Vec::new(),
-        procname_index: HashMap::new(),
-        heap: BinaryHeap::new(),
-        seq: 0,
-        released: i64::MIN,
-        stats: Stats::default(),
-        readable: std::collections::HashSet::new(),
-    };
+    let mut decoder = Decoder::new();
     let mut unpacking = |message: Message<'_>| decoder.message(message, each);
     let choice = std::env::var("PYUST_REPORT_READER").unwrap_or_default();
     if choice == "babeltrace2" {
@@ -303,6 +311,19 @@ pub fn read(
         }
         bt2::read(trace, &mut unpacking)?;
     }
+    decoder.release(i64::MAX, each)?;
+    Ok(decoder.stats)
+}
+
+/// Reads live sessions (`bt2::live`) as `read` reads a trace folder.
+pub fn live(
+    urls: &[String],
+    each: &mut dyn FnMut(Message<'_>) -> Result<(), String>,
+    pace: &mut dyn FnMut(bool) -> Result<bool, String>,
+) -> Result<Stats, String> {
+    let mut decoder = Decoder::new();
+    let mut unpacking = |message: Message<'_>| decoder.message(message, each);
+    bt2::live(urls, &mut unpacking, pace)?;
     decoder.release(i64::MAX, each)?;
     Ok(decoder.stats)
 }

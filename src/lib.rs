@@ -18,6 +18,7 @@ mod names;
 mod profile;
 mod report;
 mod timeline;
+mod top;
 mod view;
 
 use pyo3::prelude::*;
@@ -370,7 +371,7 @@ fn _bench_floor(py: Python<'_>, kind: &str, on: bool) -> PyResult<()> {
 /// asked for and returns the table. OSError when the trace cannot be read
 /// or an output written; KeyboardInterrupt on Ctrl-C (outputs removed).
 #[pyfunction]
-#[pyo3(signature = (path, sort, limit, pid=None, tid=None, flamegraph=None, folded=None, perfetto=None, perfetto_json=None, min_duration=0, start=None, end=None, max_slices=None))]
+#[pyo3(signature = (path, sort, limit, pid=None, tid=None, host=None, flamegraph=None, folded=None, perfetto=None, perfetto_json=None, min_duration=0, start=None, end=None, max_slices=None))]
 #[allow(clippy::too_many_arguments)]
 fn _report(
     py: Python<'_>,
@@ -379,6 +380,7 @@ fn _report(
     limit: usize,
     pid: Option<i64>,
     tid: Option<i64>,
+    host: Option<String>,
     flamegraph: Option<std::path::PathBuf>,
     folded: Option<std::path::PathBuf>,
     perfetto: Option<std::path::PathBuf>,
@@ -403,6 +405,7 @@ fn _report(
         limit,
         pid,
         tid,
+        host,
         flamegraph,
         folded,
         perfetto,
@@ -415,6 +418,54 @@ fn _report(
         },
     };
     interruptible(py, |tick| report::report(&path, &opts, tick))
+}
+
+/// (url, host, session name, streams, viewers attached).
+type LiveSession = (String, String, String, u64, u64);
+
+/// The live sessions a relay daemon serves, read at `url`
+/// (`net://HOST:LIVE_PORT`): (url to attach to, host, session name,
+/// streams, viewers attached). OSError when it cannot be asked.
+#[pyfunction]
+fn _live_sessions(py: Python<'_>, url: String) -> PyResult<Vec<LiveSession>> {
+    py.detach(|| ffi::bt2::live_sessions(&url))
+        .map(|sessions| {
+            sessions
+                .into_iter()
+                .map(|s| (s.url, s.hostname, s.name, s.streams, s.clients))
+                .collect()
+        })
+        .map_err(pyo3::exceptions::PyOSError::new_err)
+}
+
+/// `pyust top`: attaches to the live sessions at `urls` and prints a
+/// table of the hottest functions every `interval` seconds until they
+/// end ("ended"), `once` printed its table ("once") or stdout closed
+/// ("closed"). KeyboardInterrupt on Ctrl-C; OSError when they cannot be
+/// read.
+#[pyfunction]
+#[pyo3(signature = (urls, title, interval=1.0, once=false, limit=20, redraw=false))]
+fn _top(
+    py: Python<'_>,
+    urls: Vec<String>,
+    title: String,
+    interval: f64,
+    once: bool,
+    limit: usize,
+    redraw: bool,
+) -> PyResult<&'static str> {
+    let opts = top::Options {
+        interval: std::time::Duration::from_secs_f64(interval.clamp(0.05, 3600.0)),
+        once,
+        limit,
+        redraw,
+        title,
+    };
+    interruptible(py, |tick| top::top(&urls, &opts, tick)).map(|end| match end {
+        top::End::Ended => "ended",
+        top::End::Once => "once",
+        top::End::Closed => "closed",
+    })
 }
 
 // Safe without the GIL: nesting is per thread, the per-code caches are
@@ -445,6 +496,8 @@ fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_stop_watcher, m)?)?;
     m.add_function(wrap_pyfunction!(_armed, m)?)?;
     m.add_function(wrap_pyfunction!(_report, m)?)?;
+    m.add_function(wrap_pyfunction!(_live_sessions, m)?)?;
+    m.add_function(wrap_pyfunction!(_top, m)?)?;
     m.add_function(wrap_pyfunction!(_view, m)?)?;
     #[cfg(feature = "bench")]
     m.add_function(wrap_pyfunction!(_bench_floor, m)?)?;

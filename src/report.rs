@@ -31,6 +31,8 @@ pub struct Options {
     pub limit: usize,
     pub pid: Option<i64>,
     pub tid: Option<i64>,
+    /// Only this host's processes (a relay's folder holds several hosts).
+    pub host: Option<String>,
     pub flamegraph: Option<PathBuf>,
     pub folded: Option<PathBuf>,
     /// The timeline in Perfetto's protobuf format, and as JSON.
@@ -120,7 +122,7 @@ fn advance(
             line: func.line,
             c: f.c,
         };
-        t.begin(thread.key, thread.pid, thread.tid, f.start, &slice)?;
+        t.begin(thread.key, thread.shown_pid, thread.tid, f.start, &slice)?;
         thread.committed += 1;
     }
     Ok(())
@@ -132,7 +134,12 @@ struct Thread {
     /// How many frames of `stack`, from the bottom, have their slice
     /// begun in the timeline.
     committed: usize,
+    /// The host that recorded it (`bt2::intern_host`).
+    host: u32,
     pid: i64,
+    /// Its process's id in the timelines: `pid`, made unique across
+    /// hosts (see `Analysis::shown_pid`).
+    shown_pid: i64,
     tid: i64,
     /// Which process of that pid (a pid reused after an exit is another).
     incarnation: u32,
@@ -197,11 +204,19 @@ struct Tables {
 
 struct Analysis<'o> {
     opts: &'o Options,
-    /// By (pid, incarnation, tid).
-    threads: FxMap<(i64, u32, i64), Thread>,
-    /// The current incarnation of each pid: bumped when a process exits
-    /// (`os._exit`), so that a later process with the same pid is another.
-    incarnations: FxMap<i64, u32>,
+    /// By (host, pid, incarnation, tid).
+    threads: FxMap<(u32, i64, u32, i64), Thread>,
+    /// The current incarnation of each (host, pid): bumped when a process
+    /// exits (`os._exit`), so that a later process with the same pid is
+    /// another.
+    incarnations: FxMap<(u32, i64), u32>,
+    /// The trace's host names, sorted, when it holds more than one (a
+    /// relay's output folder): processes are then shown under them.
+    hosts: Vec<String>,
+    /// Host numbers (`bt2::intern_host`) to their place in `hosts`, and
+    host_rank: FxMap<u32, usize>,
+    /// Whether each host number is the one `--host` asks for.
+    host_match: FxMap<u32, bool>,
 
     tables: Tables,
     events: u64,
@@ -260,10 +275,27 @@ fn run(
     opts: &Options,
     tick: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<String, String> {
+    let hosts = crate::ffi::bt2::trace_hosts(trace);
+    if let Some(host) = &opts.host {
+        if !hosts.contains(host) {
+            return Err(format!(
+                "no host {host:?} in {} (its hosts: {})",
+                trace.display(),
+                if hosts.is_empty() {
+                    "none named".to_owned()
+                } else {
+                    hosts.join(", ")
+                }
+            ));
+        }
+    }
     let mut analysis = Analysis {
         opts,
         threads: FxMap::default(),
         incarnations: FxMap::default(),
+        hosts: if hosts.len() > 1 { hosts } else { Vec::new() },
+        host_rank: FxMap::default(),
+        host_match: FxMap::default(),
         tables: Tables {
             funcs: Vec::new(),
             func_index: FxMap::default(),
@@ -376,7 +408,7 @@ impl Tables {
         if let Some(t) = &mut self.timeline {
             if thread.committed > thread.stack.len() {
                 thread.committed -= 1;
-                t.end(thread.key, thread.pid, thread.tid, ns)?;
+                t.end(thread.key, thread.shown_pid, thread.tid, ns)?;
             } else {
                 t.left_out(frame.start, ns);
             }
@@ -441,7 +473,35 @@ impl Tables {
     }
 }
 
+/// How far apart the timelines put the pids of two hosts: above any
+/// Linux pid (`pid_max` is at most 2^22): the first host's pids stay as
+/// they are, the second host's pid 42 shows as 10000042.
+const HOST_PID_STEP: i64 = 10_000_000;
+
 impl Analysis<'_> {
+    /// Host `host`'s place among the trace's hosts (0 when it has one).
+    fn rank(&mut self, host: u32) -> usize {
+        let hosts = &self.hosts;
+        *self.host_rank.entry(host).or_insert_with(|| {
+            let name = crate::ffi::bt2::host_name(host);
+            hosts.iter().position(|h| *h == name).unwrap_or(0)
+        })
+    }
+
+    /// The pid the timelines give process `pid` of `host`: distinct for
+    /// the same pid on two hosts (a Perfetto timeline has one pid space).
+    fn shown_pid(&mut self, host: u32, pid: i64) -> i64 {
+        pid + self.rank(host) as i64 * HOST_PID_STEP
+    }
+
+    fn host_wanted(&mut self, host: u32) -> bool {
+        let wanted = self.opts.host.as_deref().unwrap_or_default();
+        *self
+            .host_match
+            .entry(host)
+            .or_insert_with(|| crate::ffi::bt2::host_name(host) == wanted)
+    }
+
     fn message(&mut self, message: Message<'_>) -> Result<(), String> {
         match message {
             Message::Event(ev) => self.event(&ev),
@@ -463,10 +523,16 @@ impl Analysis<'_> {
     fn event(&mut self, ev: &Event<'_>) -> Result<(), String> {
         if self.opts.pid.is_some_and(|p| p != ev.vpid)
             || self.opts.tid.is_some_and(|t| t != ev.vtid)
+            || (self.opts.host.is_some() && !self.host_wanted(ev.host))
         {
             return Ok(());
         }
         self.events += 1;
+        let shown_pid = if self.hosts.is_empty() {
+            ev.vpid
+        } else {
+            self.shown_pid(ev.host, ev.vpid)
+        };
         let tables = &mut self.tables;
         if self.first_ns.is_none() {
             self.first_ns = Some(ev.ns);
@@ -483,17 +549,23 @@ impl Analysis<'_> {
         if ev.vtid == 0 && ev.vpid == 0 {
             self.no_thread_context = true;
         }
-        let incarnation = *self.incarnations.entry(ev.vpid).or_insert(0);
-        let thread = match self.threads.entry((ev.vpid, incarnation, ev.vtid)) {
+        let incarnation = *self.incarnations.entry((ev.host, ev.vpid)).or_insert(0);
+        let thread = match self.threads.entry((ev.host, ev.vpid, incarnation, ev.vtid)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 let thread = Thread {
                     key: self.threads_seen,
                     committed: 0,
+                    host: ev.host,
                     pid: ev.vpid,
+                    shown_pid,
                     tid: ev.vtid,
                     incarnation,
-                    procname: ev.procname.to_owned(),
+                    procname: if self.hosts.is_empty() {
+                        ev.procname.to_owned()
+                    } else {
+                        format!("{}/{}", crate::ffi::bt2::host_name(ev.host), ev.procname)
+                    },
                     stack: Vec::new(),
                     active: FxMap::default(),
                     root: tables.root(),
@@ -505,7 +577,7 @@ impl Analysis<'_> {
                 if let Some(t) = &mut tables.timeline {
                     let track = Track {
                         key: thread.key,
-                        pid: thread.pid,
+                        pid: thread.shown_pid,
                         tid: thread.tid,
                         incarnation: thread.incarnation,
                         procname: &thread.procname,
@@ -539,7 +611,7 @@ impl Analysis<'_> {
                 });
                 advance(&mut tables.timeline, &tables.funcs, thread, ev.ns)?;
                 if c && PROCESS_EXITS.contains(&ev.co_qualname) {
-                    self.process_exit(ev.vpid, ev.ns)?;
+                    self.process_exit(ev.host, ev.vpid, ev.ns)?;
                 }
             }
             Kind::Return | Kind::CReturn => {
@@ -564,7 +636,7 @@ impl Analysis<'_> {
                 if let Some(t) = &mut tables.timeline {
                     t.instant(
                         thread.key,
-                        ev.vpid,
+                        thread.shown_pid,
                         ev.vtid,
                         ev.ns,
                         ev.exc_type,
@@ -597,14 +669,14 @@ impl Analysis<'_> {
     /// Process `pid` ended at `ns` (`os._exit`): the frames of its
     /// threads close there, and a later event of that pid is another
     /// process.
-    fn process_exit(&mut self, pid: i64, ns: i64) -> Result<(), String> {
-        let incarnation = self.incarnations.entry(pid).or_insert(0);
+    fn process_exit(&mut self, host: u32, pid: i64, ns: i64) -> Result<(), String> {
+        let incarnation = self.incarnations.entry((host, pid)).or_insert(0);
         let current = *incarnation;
         *incarnation += 1;
         let mut threads: Vec<&mut Thread> = self
             .threads
             .values_mut()
-            .filter(|t| t.pid == pid && t.incarnation == current)
+            .filter(|t| t.host == host && t.pid == pid && t.incarnation == current)
             .collect();
         threads.sort_unstable_by_key(|t| t.tid);
         for thread in threads {
@@ -617,17 +689,17 @@ impl Analysis<'_> {
     /// event of its own process (not of the whole trace: a process that
     /// ended earlier did not run until then).
     fn finish(&mut self) -> Result<(), String> {
-        let mut process_end: FxMap<(i64, u32), i64> = FxMap::default();
+        let mut process_end: FxMap<(u32, i64, u32), i64> = FxMap::default();
         for t in self.threads.values() {
             let end = process_end
-                .entry((t.pid, t.incarnation))
+                .entry((t.host, t.pid, t.incarnation))
                 .or_insert(t.last_ns);
             *end = (*end).max(t.last_ns);
         }
         let mut threads: Vec<&mut Thread> = self.threads.values_mut().collect();
-        threads.sort_unstable_by_key(|t| (t.pid, t.incarnation, t.tid));
+        threads.sort_unstable_by_key(|t| (t.host, t.pid, t.incarnation, t.tid));
         for thread in threads {
-            let end = process_end[&(thread.pid, thread.incarnation)];
+            let end = process_end[&(thread.host, thread.pid, thread.incarnation)];
             self.open_at_end += self.tables.close_all(thread, end)?;
         }
         if let Some(mut t) = self.tables.timeline.take() {
@@ -654,6 +726,43 @@ impl Analysis<'_> {
             self.threads.len(),
             span as f64 / 1e9
         );
+        if !self.hosts.is_empty() {
+            // Each host's processes under its name (pids are per host).
+            let mut by_host: std::collections::BTreeMap<String, Vec<(i64, u32, &str)>> = self
+                .hosts
+                .iter()
+                .filter(|h| self.opts.host.as_ref().is_none_or(|w| w == *h))
+                .map(|h| (h.clone(), Vec::new()))
+                .collect();
+            for t in self.threads.values() {
+                let name = crate::ffi::bt2::host_name(t.host);
+                let procname = t.procname.split_once('/').map_or(&*t.procname, |(_, p)| p);
+                by_host
+                    .entry(name)
+                    .or_default()
+                    .push((t.pid, t.incarnation, procname));
+            }
+            let _ = writeln!(out, "{} host(s):", by_host.len());
+            for (host, mut procs) in by_host {
+                // A process once (its threads may carry other names).
+                procs.sort_unstable();
+                procs.dedup_by_key(|&mut (pid, inc, _)| (pid, inc));
+                let list: Vec<String> = procs
+                    .iter()
+                    .map(|(pid, _, name)| format!("{name} ({pid})"))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  {host}: {} process(es): {}",
+                    procs.len(),
+                    if list.is_empty() {
+                        "no Python events".to_owned()
+                    } else {
+                        list.join(", ")
+                    }
+                );
+            }
+        }
         let fast = &self.fast;
         if fast.batches > 0 && fast.duplicate < fast.events {
             let _ = writeln!(

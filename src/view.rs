@@ -13,29 +13,9 @@ use crate::ffi::bt2::{Event, Kind, Message};
 fn hostname(trace: &Path) -> String {
     let mut dirs = Vec::new();
     crate::ffi::bt2::find_traces(trace, &mut dirs, 0);
-    let Some(data) = dirs
-        .first()
-        .and_then(|d| std::fs::read(d.join("metadata")).ok())
-    else {
-        return String::new();
-    };
-    // CTF 1.8: `hostname = "vm";`, CTF 2 (JSON): `"hostname":"vm"`.
-    let Some(at) = memchr::memmem::find(&data, b"hostname") else {
-        return String::new();
-    };
-    let rest = &data[at + b"hostname".len()..];
-    let Some(open) = rest
-        .iter()
-        .position(|&b| !matches!(b, b'"' | b' ' | b'=' | b':'))
-    else {
-        return String::new();
-    };
-    if open == 0 || rest[open - 1] != b'"' {
-        return String::new();
-    }
-    let rest = &rest[open..];
-    let end = memchr::memchr(b'"', rest).unwrap_or(0);
-    String::from_utf8_lossy(&rest[..end]).into_owned()
+    dirs.first()
+        .map(|d| crate::ffi::bt2::metadata_hostname(d))
+        .unwrap_or_default()
 }
 
 /// A string field as babeltrace2 prints it.
@@ -123,7 +103,10 @@ fn write_event(
 /// goes to stderr, as babeltrace2 says it.
 /// `tick` is called every 2^16 messages; its error stops the reading.
 pub fn view(trace: &Path, tick: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
-    let host = hostname(trace);
+    // Each event's own host (a relay's folder holds several), the first
+    // trace's when the reader gives none.
+    let default_host = hostname(trace);
+    let mut hosts: Vec<String> = Vec::new();
     let mut seen = 0u64;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -135,10 +118,21 @@ pub fn view(trace: &Path, tick: &mut dyn FnMut() -> Result<(), String>) -> Resul
             tick()?;
         }
         match message {
-            Message::Event(ev) => write_event(&mut out, &host, &ev, &mut last).map_err(|e| {
-                broken_pipe = e.kind() == std::io::ErrorKind::BrokenPipe;
-                e.to_string()
-            }),
+            Message::Event(ev) => {
+                let host = match ev.host as usize {
+                    0 => &default_host,
+                    n => {
+                        while hosts.len() < n {
+                            hosts.push(crate::ffi::bt2::host_name(hosts.len() as u32 + 1));
+                        }
+                        &hosts[n - 1]
+                    }
+                };
+                write_event(&mut out, host, &ev, &mut last).map_err(|e| {
+                    broken_pipe = e.kind() == std::io::ErrorKind::BrokenPipe;
+                    e.to_string()
+                })
+            }
             Message::Discarded(d) if d.count > 0 => {
                 eprintln!(
                     "pyust view: {} event(s) discarded by the tracer in stream {}",

@@ -37,7 +37,17 @@ def _report(
     limit: int,
     pid: int | None = None,
     tid: int | None = None,
+    host: str | None = None,
     flamegraph: str | None = None,
     folded: str | None = None,
     perfetto: str | None = None,
+) -> str: ...
+def _live_sessions(url: str) -> list[tuple[str, str, str, int, int]]: ...
+def _top(
+    urls: list[str],
+    title: str,
+    interval: float = 1.0,
+    once: bool = False,
+    limit: int = 20,
+    redraw: bool = False,
 ) -> str: ...

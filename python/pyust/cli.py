@@ -41,9 +41,11 @@ usage: pyust [-m module | script.py] [args...]
                     [--flight-recorder [--buffer SIZE] [--snapshot-on EXC]]
                     [--subbuf-size SIZE] [--num-subbuf N]
                     [-m module | script.py] [args...]
+       pyust top [--relay HOST[:PORT]] [--once] [--interval S] [--limit N]
+                 [SESSION]
        pyust view DIR
        pyust report DIR [--sort tottime|cumtime|calls] [--limit N]
-                        [--pid P] [--tid T] [--flamegraph out.svg]
+                        [--pid P] [--tid T] [--host H] [--flamegraph out.svg]
                         [--folded out.txt] [--perfetto out.pftrace]
                         [--perfetto-json out.json] [--min-duration D]
                         [--from T] [--to T] [--max-slices N]
@@ -104,13 +106,36 @@ python:c_call, python:c_return, python:exception).
                              4M, less when /dev/shm is small or --max-size
                              needs it)
       --num-subbuf N         sub-buffers per CPU (default: 8)
+  pyust top [SESSION]        a live table of the hottest functions of live
+                             sessions (`record --relay HOST --live`): self
+                             time and calls per function, host and process,
+                             over the last interval and since attached, and
+                             what each process runs now; until the sessions
+                             end, or Ctrl-C
+      --relay HOST[:PORT]    the relay daemon (default localhost; control
+                             port PORT, default 5342; it serves live
+                             viewers on PORT+2)
+      SESSION                a session name, HOST/NAME, or a pattern (`*`,
+                             `*-app` for every host's run of app.py) for
+                             several, read together; without it: the relay's
+                             only live session, or the list of them
+      --interval S           seconds between tables (default 1); with it, or
+                             when stdout is not a terminal, tables follow
+                             one another as plain text
+      --once                 print one table (of the first interval that
+                             saw events) and exit
+      --limit N              function rows per table (default 20; 0: all)
   pyust view DIR             print a trace folder as text
   pyust report DIR           where the time went: calls, self (tottime) and
                              total (cumtime) time per function, over all
-                             processes and threads of the trace
+                             processes and threads of the trace (of every
+                             host, in a relay's output folder: the table
+                             lists each host's processes, and the flame
+                             graph and timelines name them host/process)
       --sort KEY             tottime (default), cumtime or calls
       --limit N              rows shown (default 30; 0: all)
       --pid P, --tid T       only this process / thread
+      --host H               only host H's processes
       --flamegraph SVG       write an interactive flame graph
       --folded TXT           write folded stacks (process;thread;frames ns)
       --perfetto FILE        write a timeline for ui.perfetto.dev in
@@ -1030,7 +1055,9 @@ def record(argv: list[str]) -> int:
         if problem:
             fail(f"no relay daemon answers at {relay_address(relay)} ({problem})")
     stamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
-    session = f"pyust-{os.getpid()}-{stamp}"
+    # The script's name last: `pyust top` picks sessions by pattern
+    # (`*-app` attaches to every host's run of app.py).
+    session = f"pyust-{os.getpid()}-{stamp}-{re.sub(r'[^A-Za-z0-9_.-]', '_', target.label)[:48]}"
 
     created = False
     status = 1
@@ -1414,6 +1441,7 @@ def report(argv: list[str]) -> int:
                 "--limit",
                 "--pid",
                 "--tid",
+                "--host",
                 *REPORT_OUTPUTS,
                 *TIMELINE_LIMITS,
             ):
@@ -1436,6 +1464,9 @@ def report(argv: list[str]) -> int:
     limit = _int_option("--limit", options.get("--limit", "30"))
     pid = _int_option("--pid", options["--pid"]) if "--pid" in options else None
     tid = _int_option("--tid", options["--tid"]) if "--tid" in options else None
+    host = options.get("--host")
+    if host is not None and not host:
+        fail("--host needs a host name (as the trace's table lists them)")
     outputs = {}
     for name in REPORT_OUTPUTS:
         if name in options:
@@ -1459,7 +1490,7 @@ def report(argv: list[str]) -> int:
     from . import _pyust
 
     try:
-        table = _pyust._report(path, sort, limit, pid, tid, **outputs, **limits)
+        table = _pyust._report(path, sort, limit, pid, tid, host, **outputs, **limits)
     except OSError as exc:  # the trace cannot be read, or an output written
         print(f"pyust: {exc}", file=sys.stderr)
         return 1
@@ -1470,6 +1501,108 @@ def report(argv: list[str]) -> int:
     sys.stdout.flush()
     for name, out in outputs.items():
         print(f"pyust: {name.replace('_', '-')} written to {out}", file=sys.stderr)
+    return 0
+
+
+def top(argv: list[str]) -> int:
+    import fnmatch
+
+    relay: tuple[str, int | None] = ("localhost", None)
+    once = False
+    interval: float | None = None
+    limit = 20
+    patterns: list[str] = []
+    while argv:
+        arg = argv[0]
+        name = arg.partition("=")[0] if arg.startswith("--") else arg
+        if arg in ("-h", "--help"):
+            print(USAGE)
+            return 0
+        if name == "--relay":
+            value, argv = _option_value(argv, "a host, or host:port")
+            relay = parse_relay(value)
+        elif arg == "--once":
+            once, argv = True, argv[1:]
+        elif name == "--interval":
+            value, argv = _option_value(argv, "seconds (e.g. 1, 0.5)")
+            try:
+                interval = float(value)
+            except ValueError:
+                interval = -1.0
+            if not 0.1 <= interval <= 3600:
+                fail(f"--interval {value}: seconds, from 0.1 to 3600")
+        elif name == "--limit":
+            value, argv = _option_value(argv, "a number of rows")
+            limit = _int_option("--limit", value)
+        elif arg == "--":
+            patterns.extend(argv[1:])
+            break
+        elif arg.startswith("-"):
+            fail(f"unknown option for top: {arg} (see pyust --help)")
+        else:
+            patterns.append(arg)
+            argv = argv[1:]
+    if len(patterns) > 1:
+        fail("top takes one SESSION (a pattern matches several: '*-app')")
+    live_port = (relay[1] or RELAY_PORT) + 2
+    where = f"{relay_host(relay)}:{live_port}"
+    try:
+        socket.create_connection((relay[0], live_port), timeout=3).close()
+    except OSError as exc:
+        fail(f"no relay daemon serves live viewers at {where} ({exc.strerror or exc})")
+    from . import _pyust
+
+    try:
+        sessions = _pyust._live_sessions(f"net://{where}")
+    except OSError as exc:
+        fail(f"cannot list the live sessions at {where}: {exc}")
+
+    def label(session: tuple[str, str, str, int, int]) -> str:
+        return f"{session[1]}/{session[2]}"
+
+    if patterns:
+        chosen = [
+            s
+            for s in sessions
+            if fnmatch.fnmatchcase(s[2], patterns[0]) or fnmatch.fnmatchcase(label(s), patterns[0])
+        ]
+        if not chosen:
+            known = ", ".join(label(s) for s in sessions) or "none"
+            fail(f"no live session {patterns[0]!r} at {where} (its live sessions: {known})")
+    elif not sessions:
+        fail(
+            f"no live session at {where} "
+            f"(`pyust record --relay {relay_address(relay)} --live` makes one)"
+        )
+    elif len(sessions) > 1:
+        for s in sessions:
+            print(f"{label(s)}  ({s[3]} stream(s), {s[4]} viewer(s))")
+        sys.stdout.flush()
+        fail(f"{len(sessions)} live sessions at {where}: name one (HOST/NAME, or a pattern)")
+    else:
+        chosen = sessions
+    title = label(chosen[0]) if len(chosen) == 1 else f"{len(chosen)} sessions"
+    redraw = interval is None and not once and sys.stdout.isatty()
+    sys.stdout.flush()
+    try:
+        end = _pyust._top(
+            [s[0] for s in chosen],
+            f"{title} at {where}",
+            interval or 1.0,
+            once,
+            limit,
+            redraw,
+        )
+    except OSError as exc:
+        print(f"pyust: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # the usual way to leave a live view
+        return 0
+    if end == "ended":
+        print(
+            "pyust top: the session ended" if len(chosen) == 1 else "pyust top: the sessions ended",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -1493,6 +1626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return view(args[1:])
         if args and args[0] == "report":
             return report(args[1:])
+        if args and args[0] == "top":
+            return top(args[1:])
         if args and args[0] == "--":
             args = args[1:]
         elif args and args[0].startswith("-") and not args[0].startswith("-m"):

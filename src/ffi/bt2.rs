@@ -28,6 +28,10 @@ macro_rules! cstr {
 const BT_FUNC_STATUS_OK: c_int = 0;
 const BT_FUNC_STATUS_END: c_int = 1;
 const BT_FUNC_STATUS_ERROR: c_int = -1;
+const BT_FUNC_STATUS_AGAIN: c_int = 11;
+const BT_VALUE_TYPE_STRING: c_int = 1 << 6;
+const BT_VALUE_TYPE_UNSIGNED_INTEGER: c_int = (1 << 3) | (1 << 2);
+const BT_VALUE_TYPE_SIGNED_INTEGER: c_int = (1 << 4) | (1 << 2);
 const BT_LOGGING_LEVEL_NONE: c_int = 0xff;
 const BT_MESSAGE_TYPE_EVENT: c_int = 1 << 2;
 const BT_MESSAGE_TYPE_DISCARDED_EVENTS: c_int = 1 << 5;
@@ -84,6 +88,17 @@ api! {
     bt_graph_add_simple_sink_component: fn(*mut Obj, *const c_char, Option<InitFn>, ConsumeFn, Option<FinalizeFn>, *mut c_void, *mut *const Obj) -> c_int;
     bt_graph_connect_ports: fn(*mut Obj, *const Obj, *const Obj, *mut *const Obj) -> c_int;
     bt_graph_run: fn(*mut Obj) -> c_int;
+    bt_graph_run_once: fn(*mut Obj) -> c_int;
+    bt_query_executor_create: fn(*const Obj, *const c_char, *const Obj) -> *mut Obj;
+    bt_query_executor_query: fn(*mut Obj, *mut *const Obj) -> c_int;
+    bt_query_executor_put_ref: fn(*const Obj);
+    bt_value_map_insert_string_entry: fn(*mut Obj, *const c_char, *const c_char) -> c_int;
+    bt_value_map_borrow_entry_value_const: fn(*const Obj, *const c_char) -> *const Obj;
+    bt_value_array_get_length: fn(*const Obj) -> u64;
+    bt_value_array_borrow_element_by_index_const: fn(*const Obj, u64) -> *const Obj;
+    bt_value_get_type: fn(*const Obj) -> c_int;
+    bt_value_integer_unsigned_get: fn(*const Obj) -> u64;
+    bt_value_integer_signed_get: fn(*const Obj) -> i64;
     bt_component_source_get_output_port_count: fn(*const Obj) -> u64;
     bt_component_source_borrow_output_port_by_index_const: fn(*const Obj, u64) -> *const Obj;
     bt_component_filter_get_input_port_count: fn(*const Obj) -> u64;
@@ -113,6 +128,9 @@ api! {
     bt_stream_class_discarded_events_have_default_clock_snapshots: fn(*const Obj) -> c_int;
     bt_stream_borrow_class_const: fn(*const Obj) -> *const Obj;
     bt_stream_get_name: fn(*const Obj) -> *const c_char;
+    bt_stream_borrow_trace_const: fn(*const Obj) -> *const Obj;
+    bt_trace_borrow_environment_entry_value_by_name_const: fn(*const Obj, *const c_char) -> *const Obj;
+    bt_value_string_get: fn(*const Obj) -> *const c_char;
     bt_field_class_get_type: fn(*const Obj) -> u64;
     bt_field_class_structure_get_member_count: fn(*const Obj) -> u64;
     bt_field_class_structure_borrow_member_by_index_const: fn(*const Obj, u64) -> *const Obj;
@@ -205,6 +223,8 @@ impl Kind {
 /// Absent fields read as "" or 0.
 pub struct Event<'a> {
     pub kind: Kind,
+    /// The host that recorded it (`host_name`; 0: not said).
+    pub host: u32,
     /// Nanoseconds from the clock's origin.
     pub ns: i64,
     pub vpid: i64,
@@ -228,6 +248,71 @@ pub struct Event<'a> {
     /// A batch's length, in ns and in the ticks its records count.
     pub span: i64,
     pub ticks: i64,
+}
+
+/// Host names, numbered in order of appearance (0: none); never
+/// forgotten, and few (one per machine a relay received from).
+static HOSTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The number of host name `name`.
+pub fn intern_host(name: &str) -> u32 {
+    if name.is_empty() {
+        return 0;
+    }
+    let mut hosts = HOSTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = hosts.iter().position(|h| h == name) {
+        return i as u32 + 1;
+    }
+    hosts.push(name.to_owned());
+    hosts.len() as u32
+}
+
+/// The name of host number `host` ("" for 0).
+pub fn host_name(host: u32) -> String {
+    let hosts = HOSTS.lock().unwrap_or_else(|e| e.into_inner());
+    match host {
+        0 => String::new(),
+        n => hosts.get(n as usize - 1).cloned().unwrap_or_default(),
+    }
+}
+
+/// The host name a trace's metadata gives (its `env` block's
+/// `hostname`), "" when it says none.
+pub fn metadata_hostname(dir: &Path) -> String {
+    let Ok(data) = std::fs::read(dir.join("metadata")) else {
+        return String::new();
+    };
+    // CTF 1.8: `hostname = "vm";`, CTF 2 (JSON): `"hostname":"vm"`.
+    let Some(at) = memchr::memmem::find(&data, b"hostname") else {
+        return String::new();
+    };
+    let rest = &data[at + b"hostname".len()..];
+    let Some(open) = rest
+        .iter()
+        .position(|&b| !matches!(b, b'"' | b' ' | b'=' | b':'))
+    else {
+        return String::new();
+    };
+    if open == 0 || rest[open - 1] != b'"' {
+        return String::new();
+    }
+    let rest = &rest[open..];
+    let end = memchr::memchr(b'"', rest).unwrap_or(0);
+    String::from_utf8_lossy(&rest[..end]).into_owned()
+}
+
+/// The host names of the traces under `root`, sorted, without repeats.
+pub fn trace_hosts(root: &Path) -> Vec<String> {
+    let mut dirs = Vec::new();
+    find_traces(root, &mut dirs, 0);
+    let mut hosts: Vec<String> = dirs
+        .iter()
+        .map(|d| metadata_hostname(d))
+        .filter(|h| !h.is_empty())
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
 }
 
 /// Events the tracer recorded but LTTng could not keep (full buffers).
@@ -301,6 +386,8 @@ struct Sink<'f> {
     api: &'static Api,
     iterator: *mut Obj,
     classes: HashMap<usize, ClassInfo>,
+    /// The host of each stream seen (by its address).
+    hosts: HashMap<usize, u32>,
     callback: &'f mut dyn FnMut(Message<'_>) -> Result<(), String>,
     error: Option<String>,
     /// A batch's records, copied out of babeltrace2's fields.
@@ -337,14 +424,162 @@ pub fn read(
             empty.display()
         ));
     }
+    let inputs: Vec<CString> = traces
+        .iter()
+        .map(|dir| {
+            CString::new(dir.as_os_str().as_encoded_bytes())
+                .map_err(|_| format!("{}: bad path", dir.display()))
+        })
+        .collect::<Result<_, _>>()?;
+    run(api, "fs", &[], &inputs, callback, None)
+}
+
+/// Reads the live sessions at `urls` (`net://RELAY:LIVE_PORT/host/HOST/
+/// SESSION`, as `live_sessions` gives them) through babeltrace2's
+/// `src.ctf.lttng-live`, in time order, until they all end. `pace` is
+/// called between reads (with `true` when no data was there and the
+/// reading paused a little); its `Ok(true)` stops the reading, its error
+/// stops it with that error.
+pub fn live(
+    urls: &[String],
+    callback: &mut dyn FnMut(Message<'_>) -> Result<(), String>,
+    pace: &mut dyn FnMut(bool) -> Result<bool, String>,
+) -> Result<(), String> {
+    let api = api()?;
+    let inputs: Vec<CString> = urls
+        .iter()
+        .map(|u| CString::new(u.as_str()).map_err(|_| format!("{u}: bad URL")))
+        .collect::<Result<_, _>>()?;
+    // A session gone from the relay (destroyed, or never there) ends its
+    // source rather than being waited for.
+    run(
+        api,
+        "lttng-live",
+        &[("session-not-found-action", "end")],
+        &inputs,
+        callback,
+        Some(pace),
+    )
+}
+
+/// One live session a relay daemon serves.
+pub struct LiveSession {
+    /// What `live` attaches to.
+    pub url: String,
+    pub hostname: String,
+    pub name: String,
+    pub streams: u64,
+    pub clients: u64,
+}
+
+/// The sessions the relay daemon's live port at `url` (`net://HOST:PORT`)
+/// serves: babeltrace2's `sessions` query of `src.ctf.lttng-live`.
+pub fn live_sessions(url: &str) -> Result<Vec<LiveSession>, String> {
+    let api = api()?;
+    let c_url = CString::new(url).map_err(|_| format!("{url}: bad URL"))?;
+    // SAFETY: every object taken is put back (the guards); the result is
+    // read before the executor that holds it is put.
+    unsafe {
+        let ctf = Plugin::find(api, "ctf")?;
+        let class =
+            (api.bt_plugin_borrow_source_component_class_by_name_const)(ctf.1, cstr!("lttng-live"));
+        if class.is_null() {
+            return Err("babeltrace2: no source.ctf.lttng-live component".into());
+        }
+        let params = Value(api, (api.bt_value_map_create)());
+        (api.bt_value_map_insert_string_entry)(params.1, cstr!("url"), c_url.as_ptr());
+        // A source component class is a component class (the C API's
+        // upcast is a plain pointer cast).
+        let executor = (api.bt_query_executor_create)(class, cstr!("sessions"), params.1);
+        if executor.is_null() {
+            return Err(take_error(api, "cannot query the relay daemon"));
+        }
+        let executor = Executor(api, executor);
+        let mut result: *const Obj = std::ptr::null();
+        let mut tries = 0;
+        loop {
+            match (api.bt_query_executor_query)(executor.1, &mut result) {
+                BT_FUNC_STATUS_OK => break,
+                BT_FUNC_STATUS_AGAIN if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                _ => {
+                    return Err(take_error(
+                        api,
+                        &format!("cannot list the sessions at {url}"),
+                    ))
+                }
+            }
+        }
+        let result = Value(api, result.cast_mut());
+        let get_str = |map: *const Obj, key: *const c_char| -> String {
+            let v = (api.bt_value_map_borrow_entry_value_const)(map, key);
+            if v.is_null() || (api.bt_value_get_type)(v) != BT_VALUE_TYPE_STRING {
+                return String::new();
+            }
+            CStr::from_ptr((api.bt_value_string_get)(v))
+                .to_string_lossy()
+                .into_owned()
+        };
+        let get_int = |map: *const Obj, key: *const c_char| -> u64 {
+            let v = (api.bt_value_map_borrow_entry_value_const)(map, key);
+            if v.is_null() {
+                return 0;
+            }
+            match (api.bt_value_get_type)(v) {
+                BT_VALUE_TYPE_UNSIGNED_INTEGER => (api.bt_value_integer_unsigned_get)(v),
+                BT_VALUE_TYPE_SIGNED_INTEGER => (api.bt_value_integer_signed_get)(v) as u64,
+                _ => 0,
+            }
+        };
+        let mut sessions = Vec::new();
+        for i in 0..(api.bt_value_array_get_length)(result.1) {
+            let map = (api.bt_value_array_borrow_element_by_index_const)(result.1, i);
+            sessions.push(LiveSession {
+                url: get_str(map, cstr!("url")),
+                hostname: get_str(map, cstr!("target-hostname")),
+                name: get_str(map, cstr!("session-name")),
+                streams: get_int(map, cstr!("stream-count")),
+                clients: get_int(map, cstr!("client-count")),
+            });
+        }
+        Ok(sessions)
+    }
+}
+
+/// Builds and runs babeltrace2's graph: one source of class `ctf.<class>`
+/// per input (its `inputs` parameter, plus `params`), a
+/// `filter.utils.muxer` that merges their streams in time order, and the
+/// sink handing each message to `callback`. With `pace`, the graph runs
+/// step by step (a live source says "again" when it has nothing yet).
+fn run(
+    api: &'static Api,
+    class: &str,
+    params: &[(&str, &str)],
+    inputs: &[CString],
+    callback: &mut dyn FnMut(Message<'_>) -> Result<(), String>,
+    mut pace: Option<&mut dyn FnMut(bool) -> Result<bool, String>>,
+) -> Result<(), String> {
     let mut sink = Sink {
         api,
         iterator: std::ptr::null_mut(),
         classes: HashMap::new(),
+        hosts: HashMap::new(),
         callback,
         error: None,
         data: Vec::new(),
     };
+    let class_name = CString::new(class).expect("no NUL");
+    let params: Vec<(CString, CString)> = params
+        .iter()
+        .map(|(k, v)| {
+            (
+                CString::new(*k).expect("no NUL"),
+                CString::new(*v).expect("no NUL"),
+            )
+        })
+        .collect();
     // SAFETY: the graph below is built and run on this thread; every
     // object taken is put back before returning (`Graph` drops it on any
     // path); `sink` outlives `bt_graph_run`, the only caller of its
@@ -356,11 +591,14 @@ pub fn read(
         }
         let ctf = Plugin::find(api, "ctf")?;
         let utils = Plugin::find(api, "utils")?;
-        let fs = (api.bt_plugin_borrow_source_component_class_by_name_const)(ctf.1, cstr!("fs"));
+        let source_class =
+            (api.bt_plugin_borrow_source_component_class_by_name_const)(ctf.1, class_name.as_ptr());
         let muxer_class =
             (api.bt_plugin_borrow_filter_component_class_by_name_const)(utils.1, cstr!("muxer"));
-        if fs.is_null() || muxer_class.is_null() {
-            return Err("babeltrace2: no source.ctf.fs or filter.utils.muxer component".into());
+        if source_class.is_null() || muxer_class.is_null() {
+            return Err(format!(
+                "babeltrace2: no source.ctf.{class} or filter.utils.muxer component"
+            ));
         }
         let mut muxer = std::ptr::null();
         if (api.bt_graph_add_filter_component)(
@@ -374,26 +612,30 @@ pub fn read(
         {
             return Err(take_error(api, "cannot add the muxer"));
         }
-        for (i, dir) in traces.iter().enumerate() {
-            let params = Value(api, (api.bt_value_map_create)());
-            let inputs = (api.bt_value_array_create)();
-            let path = CString::new(dir.as_os_str().as_encoded_bytes())
-                .map_err(|_| format!("{}: bad path", dir.display()))?;
-            (api.bt_value_array_append_string_element)(inputs, path.as_ptr());
-            (api.bt_value_map_insert_entry)(params.1, cstr!("inputs"), inputs);
-            (api.bt_value_put_ref)(inputs);
+        for (i, input) in inputs.iter().enumerate() {
+            let map = Value(api, (api.bt_value_map_create)());
+            let list = (api.bt_value_array_create)();
+            (api.bt_value_array_append_string_element)(list, input.as_ptr());
+            (api.bt_value_map_insert_entry)(map.1, cstr!("inputs"), list);
+            (api.bt_value_put_ref)(list);
+            for (key, value) in &params {
+                (api.bt_value_map_insert_string_entry)(map.1, key.as_ptr(), value.as_ptr());
+            }
             let name = CString::new(format!("source{i}")).expect("no NUL");
             let mut source = std::ptr::null();
             if (api.bt_graph_add_source_component)(
                 graph.1,
-                fs,
+                source_class,
                 name.as_ptr(),
-                params.1,
+                map.1,
                 BT_LOGGING_LEVEL_NONE,
                 &mut source,
             ) != BT_FUNC_STATUS_OK
             {
-                return Err(take_error(api, &format!("cannot read {}", dir.display())));
+                return Err(take_error(
+                    api,
+                    &format!("cannot read {}", input.to_string_lossy()),
+                ));
             }
             for port in 0..(api.bt_component_source_get_output_port_count)(source) {
                 let out = (api.bt_component_source_borrow_output_port_by_index_const)(source, port);
@@ -429,13 +671,32 @@ pub fn read(
         {
             return Err(take_error(api, "cannot connect the reader"));
         }
-        let status = (api.bt_graph_run)(graph.1);
+        let status = match &mut pace {
+            None => (api.bt_graph_run)(graph.1),
+            Some(pace) => loop {
+                let status = (api.bt_graph_run_once)(graph.1);
+                let idle = status == BT_FUNC_STATUS_AGAIN;
+                if idle {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                } else if status != BT_FUNC_STATUS_OK {
+                    break status;
+                }
+                match pace(idle) {
+                    Ok(false) => {}
+                    Ok(true) => break BT_FUNC_STATUS_END,
+                    Err(err) => {
+                        sink.error = Some(err);
+                        break BT_FUNC_STATUS_ERROR;
+                    }
+                }
+            },
+        };
         if let Some(err) = sink.error.take() {
             // Our own error first: babeltrace2's is then only its echo.
             (api.bt_error_release)((api.bt_current_thread_take_error)());
             return Err(err);
         }
-        if status != BT_FUNC_STATUS_OK {
+        if status != BT_FUNC_STATUS_OK && status != BT_FUNC_STATUS_END {
             return Err(take_error(api, "cannot read the trace"));
         }
     }
@@ -498,6 +759,14 @@ impl Drop for Graph {
             // SAFETY: our reference, put once.
             unsafe { (self.0.bt_graph_put_ref)(self.1) }
         }
+    }
+}
+
+struct Executor(&'static Api, *mut Obj);
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // SAFETY: our reference, put once.
+        unsafe { (self.0.bt_query_executor_put_ref)(self.1) }
     }
 }
 
@@ -626,13 +895,19 @@ impl Sink<'_> {
                         base_ns = origin.wrapping_add(p.int(api, payload, BASE));
                         p.bytes(api, payload, DATA, &mut self.data);
                     }
+                    let stream = (api.bt_event_borrow_stream_const)(event);
+                    let host = *self
+                        .hosts
+                        .entry(stream as usize)
+                        .or_insert_with(|| stream_host(api, stream));
                     let ev = Event {
                         kind,
+                        host,
                         ns,
                         vpid: c.int(api, context, VPID),
                         vtid,
                         procname: c.str(api, context, PROCNAME),
-                        stream: (api.bt_event_borrow_stream_const)(event) as usize,
+                        stream: stream as usize,
                         co_name: p.str(api, payload, CO_NAME),
                         co_qualname: p.str(api, payload, CO_QUALNAME),
                         module: p.str(api, payload, MODULE),
@@ -697,6 +972,27 @@ impl Sink<'_> {
                 _ => Ok(()),
             }
         }
+    }
+}
+
+/// The host of a stream: its trace's `hostname` environment entry.
+unsafe fn stream_host(api: &Api, stream: *const Obj) -> u32 {
+    // SAFETY: the caller upholds this function's contract (see its doc).
+    unsafe {
+        let trace = (api.bt_stream_borrow_trace_const)(stream);
+        if trace.is_null() {
+            return 0;
+        }
+        let value =
+            (api.bt_trace_borrow_environment_entry_value_by_name_const)(trace, cstr!("hostname"));
+        if value.is_null() {
+            return 0;
+        }
+        let name = (api.bt_value_string_get)(value);
+        if name.is_null() {
+            return 0;
+        }
+        intern_host(&CStr::from_ptr(name).to_string_lossy())
     }
 }
 
