@@ -4,6 +4,7 @@ folder, then read with `pyust report` and babeltrace2 on the relay's copy."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -283,3 +284,224 @@ def test_bad_relay_options(tmp_path: Path, args: list[str], message: str) -> Non
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"pyust: {message}"), proc.stderr
     assert len(proc.stderr.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------
+# pyust top: live sessions read through the relay's live port
+
+
+BUSY = """
+import sys
+import time
+
+def spin(n):
+    t = 0
+    for i in range(n):
+        t += i
+    return t
+
+def work(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        spin(20000)
+
+work(float(sys.argv[1]))
+"""
+
+
+def start_live(relay: Relay, tmp_path: Path, name: str, seconds: float, *args: str):
+    """`record --relay --live` of a program spinning for `seconds`; returns
+    the child once its live session is announced."""
+    script = tmp_path / f"{name}.py"
+    if not script.exists():
+        write_script(tmp_path, f"{name}.py", BUSY)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pyust", "record", "--relay", relay.address, "--live", *args]
+        + [str(script), str(seconds)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    assert child.stderr is not None
+    line = child.stderr.readline()
+    assert line.startswith("pyust: live: "), line
+    return child
+
+
+def top(relay: Relay, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return run_python("-m", "pyust", "top", "--relay", relay.address, *args, timeout=timeout)
+
+
+def process_rows(table: str) -> dict[int, list[str]]:
+    """The processes part of a `top` table: pid -> its row's fields."""
+    lines = table.split("\n\n")[1].splitlines()
+    assert lines[0].split() == ["host", "pid", "process", "events/s", "running", "now"]
+    return {int(line.split()[1]): line.split() for line in lines[1:]}
+
+
+def function_rows(table: str) -> list[list[str]]:
+    lines = table.split("\n\n")[2].splitlines()
+    assert lines[1].split()[:4] == ["self(s)", "calls", "self(s)", "calls"], lines
+    return [line.split() for line in lines[2:]]
+
+
+def test_top_shows_what_live_sessions_run(relay: Relay, tmp_path: Path) -> None:
+    """Two programs recorded live (readable and fast mode): `top` without
+    SESSION lists both and asks for one; a pattern attaches to both, and
+    one table shows each process running its hot function, with its self
+    time and calls over the last interval."""
+    host = socket.gethostname()
+    children = [
+        start_live(relay, tmp_path, "busy", 30),
+        start_live(relay, tmp_path, "busy", 30, "--mode", "fast"),
+    ]
+    try:
+        listing = top(relay)
+        assert listing.returncode == 2, listing.stderr
+        lines = listing.stdout.splitlines()
+        assert len(lines) == 2, listing.stdout
+        assert all(
+            re.fullmatch(rf"{host}/pyust-\d+-\d+-busy  \(\d+ stream\(s\), \d+ viewer\(s\)\)", line)
+            for line in lines
+        ), lines
+        assert listing.stderr == (
+            f"pyust: 2 live sessions at 127.0.0.1:{relay.live}: "
+            "name one (HOST/NAME, or a pattern)\n"
+        )
+        once = top(relay, "--once", "--limit", "5", "*-busy")
+        assert once.returncode == 0, once.stderr
+        table = once.stdout
+        assert table.startswith(f"pyust top: 2 sessions at 127.0.0.1:{relay.live}"), table
+        procs = process_rows(table)
+        assert len(procs) == 2, table
+        for row in procs.values():
+            assert row[0] == host
+            # What runs now: spin, its innermost frame nearly all the time.
+            assert row[4:] == ["__main__.spin", "(busy.py:5)"] or row[4] == "time.monotonic", table
+        rows = function_rows(table)
+        spins = [r for r in rows if r[6:] == ["__main__.spin", "(busy.py:5)"]]
+        assert {int(r[5]) for r in spins} == set(procs), table
+        for r in spins:
+            # Most of the last interval in spin's own body, and calls.
+            assert float(r[0]) > 0.3 and int(r[1]) > 10, table
+        assert rows[0] in spins, table
+    finally:
+        for child in children:
+            child.send_signal(signal.SIGINT)
+        for child in children:
+            child.communicate(timeout=60)
+    assert pyust_sessions() == []
+
+
+def test_top_follows_a_session_to_its_end(relay: Relay, tmp_path: Path) -> None:
+    """--interval: tables one after another, as plain text; top ends by
+    itself when the session does, with what came since the last table."""
+    child = start_live(relay, tmp_path, "short", 4)
+    watch = top(relay, "--interval", "0.5", "*-short")
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert watch.returncode == 0, watch.stderr
+    assert watch.stderr == "pyust top: the session ended\n"
+    assert "\x1b" not in watch.stdout
+    tables = watch.stdout.split("\npyust top: ")
+    assert len(tables) >= 3, watch.stdout
+    last = function_rows(tables[-1])
+    spin = [r for r in last if r[6:] == ["__main__.spin", "(short.py:5)"]]
+    assert spin and int(spin[0][3]) > 50, tables[-1]
+
+
+def test_top_without_a_session(relay: Relay, tmp_path: Path) -> None:
+    no_relay = run_python("-m", "pyust", "top", "--relay", f"127.0.0.1:{free_ports(3)[0]}")
+    assert no_relay.returncode == 2
+    assert len(no_relay.stderr.splitlines()) == 1, no_relay.stderr
+    assert no_relay.stderr.startswith("pyust: no relay daemon serves live viewers at 127.0.0.1:")
+    empty = top(relay)
+    assert empty.returncode == 2
+    assert empty.stderr == (
+        f"pyust: no live session at 127.0.0.1:{relay.live} "
+        f"(`pyust record --relay {relay.address} --live` makes one)\n"
+    )
+    child = start_live(relay, tmp_path, "busy", 30)
+    try:
+        wrong = top(relay, "--once", "nothing-*")
+        assert wrong.returncode == 2
+        assert wrong.stderr.startswith(
+            f"pyust: no live session 'nothing-*' at 127.0.0.1:{relay.live} (its live sessions: "
+        ), wrong.stderr
+    finally:
+        child.send_signal(signal.SIGINT)
+        child.communicate(timeout=60)
+    for args, message in [
+        (["--interval", "0"], "--interval 0: seconds, from 0.1 to 3600"),
+        (["--bogus"], "unknown option for top: --bogus"),
+        (["a", "b"], "top takes one SESSION"),
+    ]:
+        bad = top(relay, *args)
+        assert bad.returncode == 2 and bad.stderr.startswith(f"pyust: {message}"), bad.stderr
+
+
+def test_report_tells_hosts_apart(relay: Relay, tmp_path: Path) -> None:
+    """A relay's output folder with two hosts' traces (the second is this
+    host's trace with its metadata's host name changed): report lists each
+    host's processes, --host keeps one, and the folded stacks and the
+    timeline name each process host/process with distinct pids."""
+    script = write_script(tmp_path, "prog.py", PROGRAM)
+    for _ in range(2):
+        proc = record(tmp_path, "--relay", relay.address, str(script))
+        assert proc.returncode == 0, proc.stderr
+    first, second = relay.traces()
+    host = socket.gethostname()
+    other = ("z" if host[0] != "z" else "y") * len(host)
+    moved = relay.output / other / "pyust" / second.name
+    moved.parent.mkdir(parents=True)
+    second.rename(moved)
+    [metadata] = moved.rglob("metadata")
+    data = metadata.read_bytes()
+    assert data.count(f'hostname = "{host}"'.encode()) == 1
+    metadata.write_bytes(
+        data.replace(f'hostname = "{host}"'.encode(), f'hostname = "{other}"'.encode())
+    )
+    folded, timeline = tmp_path / "f.txt", tmp_path / "t.json"
+    report = run_python(
+        "-m",
+        "pyust",
+        "report",
+        str(relay.output),
+        "--folded",
+        str(folded),
+        "--perfetto-json",
+        str(timeline),
+    )
+    assert report.returncode == 0, report.stderr
+    lines = report.stdout.splitlines()
+    assert "2 process(es)" in lines[1]
+    hosts = lines[lines.index("2 host(s):") + 1 :][:2]
+    assert [h.split(":")[0].strip() for h in sorted(hosts)] == sorted([host, other]), lines
+    assert all(re.fullmatch(r"  \S+: 1 process\(es\): python\S* \(\d+\)", h) for h in hosts), hosts
+    leaf = [line.split() for line in lines if line.endswith(f"__main__.leaf ({script}:2)")]
+    assert leaf and leaf[0][0] == "400", report.stdout
+    roots = {line.split(";")[0].rsplit(" ", 1)[0] for line in folded.read_text().splitlines()}
+    assert {r.split("/")[0] for r in roots} == {host, other}, roots
+    import json
+
+    names = [
+        e
+        for e in json.loads(timeline.read_text())["traceEvents"]
+        if e.get("name") == "process_name"
+    ]
+    assert len({e["pid"] for e in names}) == 2
+    assert {e["args"]["name"].split("/")[0] for e in names} == {host, other}
+    only = run_python("-m", "pyust", "report", str(relay.output), "--host", other)
+    assert only.returncode == 0, only.stderr
+    assert "1 process(es)" in only.stdout.splitlines()[1]
+    assert [h for h in only.stdout.splitlines() if h.startswith("  ") and "process(es)" in h][
+        0
+    ].startswith(f"  {other}: ")
+    missing = run_python("-m", "pyust", "report", str(relay.output), "--host", "nowhere")
+    assert missing.returncode == 1
+    assert missing.stderr == (
+        f'pyust: no host "nowhere" in {relay.output} '
+        f"(its hosts: {', '.join(sorted([host, other]))})\n"
+    )
