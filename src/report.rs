@@ -712,10 +712,10 @@ impl Analysis<'_> {
     fn table(&self, trace: &Path) -> String {
         let mut out = String::new();
         let span = self.first_ns.map_or(0, |f| self.last_ns - f);
-        let processes: std::collections::BTreeSet<(i64, u32)> = self
+        let processes: std::collections::BTreeSet<(u32, i64, u32)> = self
             .threads
             .values()
-            .map(|t| (t.pid, t.incarnation))
+            .map(|t| (t.host, t.pid, t.incarnation))
             .collect();
         let _ = writeln!(out, "pyust report: {}", trace.display());
         let _ = writeln!(

@@ -73,8 +73,10 @@ struct State {
     row_index: FxMap<(u32, i64, u32), u32>,
     threads: FxMap<(u32, i64, i64), Thread>,
     processes: BTreeMap<(u32, i64), Process>,
-    /// Latest event time of each host (their clocks are their own).
+    /// Latest event time of each host (their clocks are their own), and
+    /// where the previous table left it (or the host's first event).
     latest: FxMap<u32, i64>,
+    shown_until: FxMap<u32, i64>,
     last_events: u64,
     total_events: u64,
     last_lost: u64,
@@ -134,6 +136,7 @@ impl State {
         }
         let latest = self.latest.entry(ev.host).or_insert(ev.ns);
         *latest = (*latest).max(ev.ns);
+        self.shown_until.entry(ev.host).or_insert(ev.ns);
         self.last_events += 1;
         self.total_events += 1;
         let process = self.processes.entry((ev.host, ev.vpid)).or_default();
@@ -239,7 +242,24 @@ impl State {
     /// The table of the interval that ends now, which then starts anew.
     fn table(&mut self, opts: &Options, attached: Duration, interval: Duration) -> String {
         self.charge_running();
-        let secs = interval.as_secs_f64().max(1e-3);
+        // The interval is the stretch of trace time this table adds (a
+        // live session sends what it recorded about once a second: the
+        // first table may cover more than `interval`).
+        let covered = self
+            .latest
+            .iter()
+            .map(|(host, &ns)| ns - self.shown_until.get(host).copied().unwrap_or(ns))
+            .max()
+            .unwrap_or(0);
+        for (host, &ns) in &self.latest {
+            self.shown_until.insert(*host, ns);
+        }
+        let secs = if covered > 0 {
+            covered as f64 / 1e9
+        } else {
+            interval.as_secs_f64()
+        }
+        .max(1e-3);
         let mut out = String::new();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

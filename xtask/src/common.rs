@@ -192,6 +192,20 @@ pub fn ci(sh: &Shell) -> Result<()> {
         base: Some(base.clone()),
     }
     .run(sh)?;
+    // The fleet of compose.yaml, on that image: with compose (docker-compose
+    // from apt), then with docker run of the same file's services (what
+    // machines without compose get). `top` and `report` run on this
+    // machine, from the wheel.
+    step("the fleet: compose.yaml's relay and 3 traced apps; then 2 with docker run");
+    let host_python = python_env_from(sh, "python3", Some(&wheels))?;
+    for (apps, docker_run) in [(3, false), (2, true)] {
+        crate::fleet::Fleet {
+            apps,
+            docker_run,
+            python: Some(host_python.clone()),
+        }
+        .run(sh)?;
+    }
     let testing = crate::docker::base_image(sh, crate::docker::TESTING_SUITE, false)?;
     // Two containers, each with its own session daemon and shared memory,
     // side by side: the Debian testing one's output goes to a log,

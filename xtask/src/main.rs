@@ -3,15 +3,18 @@
 //!   demo [script.py]               the main job: trace a script in the image
 //!   e2e [--local] [--base IMAGE]   record the scenarios, compare with snapshots
 //!   wheels [--check]               the sdist and manylinux wheels
+//!   fleet [N]                      compose.yaml's relay and N traced apps
 //!   base-image [--suite S]         a local Debian base image (debootstrap)
 //!   ci                             everything CI checks
 
 mod bench;
 mod common;
+mod compose;
 mod demo;
 mod devcontainer;
 mod docker;
 mod e2e;
+mod fleet;
 mod freethreaded;
 mod normalize;
 mod perfetto_ui;
@@ -73,6 +76,17 @@ tasks:
                     left out by auditwheel repair; --check: install them
                     with pip in clean Debian containers (bookworm, trixie,
                     forky; and one without LTTng) and run the scenarios
+  fleet [N] [--docker-run]
+                    compose.yaml run here: a relay daemon and N (default 3)
+                    app containers of the pyust image (host names app1..)
+                    record every scenario and tests/fleet/app.py to it
+                    live; checks `pyust top --once` live on this machine,
+                    that the relay is published on loopback only, an app
+                    killed mid-run, every scenario's events on the relay
+                    (the e2e snapshots) and `pyust report` over every
+                    host; docker compose, docker-compose (from apt under
+                    CI=true), or --docker-run: compose.yaml's services
+                    started with docker run
   base-image [--suite SUITE] [--force]
                     debootstrap a minimal Debian (default trixie; forky
                     for Debian testing) into the local image
@@ -134,6 +148,7 @@ fn run() -> Result<()> {
     };
     match task.as_str() {
         "e2e" => e2e::E2e::parse(rest)?.run(&sh),
+        "fleet" => fleet::Fleet::parse(rest)?.run(&sh),
         "demo" => match rest {
             [] => demo::run(&sh, None),
             [script] => demo::run(&sh, Some(script)),
