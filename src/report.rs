@@ -236,6 +236,8 @@ struct Analysis<'o> {
     closed_at_exit: u64,
     /// Frames still open when the trace ends.
     open_at_end: u64,
+    /// The processes those frames were in ("host/process (pid)").
+    running_at_end: Vec<String>,
     no_thread_context: bool,
     /// Threads seen so far (numbers the next one).
     threads_seen: u32,
@@ -319,6 +321,7 @@ fn run(
         c_unreturned: 0,
         closed_at_exit: 0,
         open_at_end: 0,
+        running_at_end: Vec::new(),
         no_thread_context: false,
         threads_seen: 0,
         timeline_dropped: None,
@@ -698,10 +701,18 @@ impl Analysis<'_> {
         }
         let mut threads: Vec<&mut Thread> = self.threads.values_mut().collect();
         threads.sort_unstable_by_key(|t| (t.host, t.pid, t.incarnation, t.tid));
+        let mut running = Vec::new();
         for thread in threads {
             let end = process_end[&(thread.host, thread.pid, thread.incarnation)];
-            self.open_at_end += self.tables.close_all(thread, end)?;
+            let open = self.tables.close_all(thread, end)?;
+            self.open_at_end += open;
+            let process = (thread.host, thread.pid, thread.incarnation);
+            if open > 0 && running.last().is_none_or(|(p, _)| *p != process) {
+                let name = format!("{} ({})", thread.procname, thread.pid);
+                running.push((process, name));
+            }
         }
+        self.running_at_end = running.into_iter().map(|(_, name)| name).collect();
         if let Some(mut t) = self.tables.timeline.take() {
             self.timeline_dropped = Some(std::mem::take(&mut t.dropped));
             t.finish()?;
@@ -857,10 +868,19 @@ impl Analysis<'_> {
             );
         }
         if self.open_at_end > 0 {
+            let names = &self.running_at_end;
             let _ = writeln!(
                 out,
                 "{} frame(s) still running when the trace ends: counted until their process's last event",
                 self.open_at_end
+            );
+            let _ = writeln!(
+                out,
+                "  in {} process(es) (a recording cut short, a program stopped mid-run, or threads \
+                 left running at exit): {}{}",
+                names.len(),
+                names[..names.len().min(5)].join(", "),
+                if names.len() > 5 { ", ..." } else { "" }
             );
         }
         if self.no_thread_context {

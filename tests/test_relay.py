@@ -4,7 +4,9 @@ folder, then read with `pyust report` and babeltrace2 on the relay's copy."""
 
 from __future__ import annotations
 
+import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -15,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import babeltrace, parse_trace, pyust_sessions, run_python, write_script
+from conftest import Terminal, babeltrace, parse_trace, pyust_sessions, run_python, write_script
 
 
 def free_ports(n: int) -> list[int]:
@@ -410,6 +412,30 @@ def test_top_follows_a_session_to_its_end(relay: Relay, tmp_path: Path) -> None:
     last = function_rows(tables[-1])
     spin = [r for r in last if r[6:] == ["__main__.spin", "(short.py:5)"]]
     assert spin and int(spin[0][3]) > 50, tables[-1]
+
+
+def test_top_on_a_terminal(relay: Relay, tmp_path: Path) -> None:
+    """On a terminal: the table is redrawn in place each second, and
+    Ctrl-C leaves (status 0, no traceback); the program runs on."""
+    child = start_live(relay, tmp_path, "busy", 30)
+    try:
+        term = Terminal([sys.executable, "-m", "pyust", "top", "--relay", relay.address])
+        clear = b"\x1b[H\x1b[2J"
+        term.read_until(clear + b"pyust top: ", timeout=30)
+        term.read_until(b"__main__.spin", timeout=30)
+        deadline = time.monotonic() + 30
+        while term.output.count(clear) < 3:  # redrawn, about once a second
+            assert time.monotonic() < deadline, term.output
+            if select.select([term.master], [], [], 0.5)[0]:
+                term.output += os.read(term.master, 4096)
+        os.write(term.master, b"\x03")  # Ctrl-C
+        status = term.finish()
+        assert status == 0, term.output
+        assert b"Traceback" not in term.output
+        assert child.poll() is None  # recording goes on
+    finally:
+        child.send_signal(signal.SIGINT)
+        child.communicate(timeout=60)
 
 
 def test_top_without_a_session(relay: Relay, tmp_path: Path) -> None:

@@ -692,8 +692,12 @@ fn run(
             },
         };
         if let Some(err) = sink.error.take() {
-            // Our own error first: babeltrace2's is then only its echo.
-            (api.bt_error_release)((api.bt_current_thread_take_error)());
+            // Our own error first: babeltrace2's, if any, is then only
+            // its echo (none when `pace` stopped the reading).
+            let echo = (api.bt_current_thread_take_error)();
+            if !echo.is_null() {
+                (api.bt_error_release)(echo);
+            }
             return Err(err);
         }
         if status != BT_FUNC_STATUS_OK && status != BT_FUNC_STATUS_END {

@@ -32,7 +32,7 @@ use crate::{common, docker, e2e, normalize};
 pub const MAX_APPS: usize = 3;
 /// How long each app container's app.py runs: long enough for `top` and
 /// the kill while it runs.
-const APP_SECONDS: &str = "30";
+const APP_SECONDS: &str = "20";
 
 pub struct Fleet {
     pub apps: usize,
