@@ -162,17 +162,7 @@ while time.monotonic() < end:
 print("done")
 """,
     )
-    child = subprocess.Popen(
-        [sys.executable, "-m", "pyust", "record", "--relay", relay.address, "--live"]
-        + ["--mode", "fast", str(script)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    assert child.stderr is not None
-    line = child.stderr.readline().strip()
+    child, line = start_live(relay, tmp_path, "--mode", "fast", str(script))
     url = f"net://127.0.0.1:{relay.live}/host/{socket.gethostname()}/pyust-"
     assert line.startswith(f"pyust: live: babeltrace2 --input-format=lttng-live {url}"), line
     viewer = subprocess.run(
@@ -311,25 +301,29 @@ work(float(sys.argv[1]))
 """
 
 
-def start_live(relay: Relay, tmp_path: Path, name: str, seconds: float, *args: str):
-    """`record --relay --live` of a program spinning for `seconds`; returns
-    the child once its live session is announced."""
-    script = tmp_path / f"{name}.py"
-    if not script.exists():
-        write_script(tmp_path, f"{name}.py", BUSY)
+def start_live(relay: Relay, cwd: Path, *argv: str) -> tuple[subprocess.Popen[str], str]:
+    """`record --relay --live ARGV...` in `cwd`, and the line that
+    announces its live session (once it is announced)."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "pyust", "record", "--relay", relay.address, "--live", *args]
-        + [str(script), str(seconds)],
-        cwd=tmp_path,
+        [sys.executable, "-m", "pyust", "record", "--relay", relay.address, "--live", *argv],
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
     )
     assert child.stderr is not None
-    line = child.stderr.readline()
+    line = child.stderr.readline().strip()
     assert line.startswith("pyust: live: "), line
-    return child
+    return child, line
+
+
+def start_busy(relay: Relay, tmp_path: Path, name: str, seconds: float, *args: str):
+    """`record --relay --live` of a program spinning for `seconds`."""
+    script = tmp_path / f"{name}.py"
+    if not script.exists():
+        write_script(tmp_path, f"{name}.py", BUSY)
+    return start_live(relay, tmp_path, *args, str(script), str(seconds))[0]
 
 
 def top(relay: Relay, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -356,8 +350,8 @@ def test_top_shows_what_live_sessions_run(relay: Relay, tmp_path: Path) -> None:
     time and calls over the last interval."""
     host = socket.gethostname()
     children = [
-        start_live(relay, tmp_path, "busy", 30),
-        start_live(relay, tmp_path, "busy", 30, "--mode", "fast"),
+        start_busy(relay, tmp_path, "busy", 30),
+        start_busy(relay, tmp_path, "busy", 30, "--mode", "fast"),
     ]
     try:
         listing = top(relay)
@@ -401,7 +395,7 @@ def test_top_shows_what_live_sessions_run(relay: Relay, tmp_path: Path) -> None:
 def test_top_follows_a_session_to_its_end(relay: Relay, tmp_path: Path) -> None:
     """--interval: tables one after another, as plain text; top ends by
     itself when the session does, with what came since the last table."""
-    child = start_live(relay, tmp_path, "short", 4)
+    child = start_busy(relay, tmp_path, "short", 4)
     watch = top(relay, "--interval", "0.5", "*-short")
     out, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
@@ -418,7 +412,8 @@ def test_top_follows_a_session_to_its_end(relay: Relay, tmp_path: Path) -> None:
 def test_top_on_a_terminal(relay: Relay, tmp_path: Path) -> None:
     """On a terminal: the table is redrawn in place each second, and
     Ctrl-C leaves (status 0, no traceback); the program runs on."""
-    child = start_live(relay, tmp_path, "busy", 30)
+    child = start_busy(relay, tmp_path, "busy", 120)
+    started = time.monotonic()
     try:
         term = Terminal([sys.executable, "-m", "pyust", "top", "--relay", relay.address])
         clear = b"\x1b[H\x1b[2J"
@@ -433,7 +428,11 @@ def test_top_on_a_terminal(relay: Relay, tmp_path: Path) -> None:
         status = term.finish()
         assert status == 0, term.output
         assert b"Traceback" not in term.output
-        assert child.poll() is None  # recording goes on
+        # The recording goes on.
+        if child.poll() is not None:
+            elapsed = time.monotonic() - started
+            output = child.communicate()
+            pytest.fail(f"record ended ({child.returncode}) after {elapsed:.1f} s: {output}")
     finally:
         child.send_signal(signal.SIGINT)
         child.communicate(timeout=60)
@@ -450,7 +449,7 @@ def test_top_without_a_session(relay: Relay, tmp_path: Path) -> None:
         f"pyust: no live session at 127.0.0.1:{relay.live} "
         f"(`pyust record --relay {relay.address} --live` makes one)\n"
     )
-    child = start_live(relay, tmp_path, "busy", 30)
+    child = start_busy(relay, tmp_path, "busy", 30)
     try:
         wrong = top(relay, "--once", "nothing-*")
         assert wrong.returncode == 2
