@@ -1584,6 +1584,12 @@ def top(argv: list[str]) -> int:
     title = label(chosen[0]) if len(chosen) == 1 else f"{len(chosen)} sessions"
     redraw = interval is None and not once and sys.stdout.isatty()
     sys.stdout.flush()
+    # Ctrl-C is how one leaves: make sure it arrives, even when this process
+    # started with SIGINT ignored (launched from a background job, which
+    # Python then leaves ignored).
+    old_sigint = signal.getsignal(signal.SIGINT)
+    if old_sigint in (signal.SIG_IGN, signal.SIG_DFL, None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         end = _pyust._top(
             [s[0] for s in chosen],
@@ -1598,6 +1604,8 @@ def top(argv: list[str]) -> int:
         return 1
     except KeyboardInterrupt:  # the usual way to leave a live view
         return 0
+    finally:
+        signal.signal(signal.SIGINT, old_sigint if old_sigint is not None else signal.SIG_DFL)
     if end == "ended":
         print(
             "pyust top: the session ended" if len(chosen) == 1 else "pyust top: the sessions ended",
