@@ -32,7 +32,7 @@ use crate::{common, docker, e2e, normalize};
 pub const MAX_APPS: usize = 3;
 /// How long each app container's app.py runs: long enough for `top` and
 /// the kill while it runs.
-const APP_SECONDS: &str = "20";
+const APP_SECONDS: &str = "15";
 
 pub struct Fleet {
     pub apps: usize,
@@ -50,11 +50,17 @@ impl Fleet {
             docker_run: false,
             python: None,
         };
-        for arg in args {
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--docker-run" => fleet.docker_run = true,
+                "--python" => {
+                    fleet.python = Some(args.next().context("--python needs a path")?.into())
+                }
                 n if n.parse::<usize>().is_ok() => fleet.apps = n.parse()?,
-                other => bail!("usage: cargo xtask fleet [N] [--docker-run] (not {other:?})"),
+                other => bail!(
+                    "usage: cargo xtask fleet [N] [--docker-run] [--python PYTHON] (not {other:?})"
+                ),
             }
         }
         if !(1..=MAX_APPS).contains(&fleet.apps) {

@@ -76,7 +76,7 @@ tasks:
                     left out by auditwheel repair; --check: install them
                     with pip in clean Debian containers (bookworm, trixie,
                     forky; and one without LTTng) and run the scenarios
-  fleet [N] [--docker-run]
+  fleet [N] [--docker-run] [--python PYTHON]
                     compose.yaml run here: a relay daemon and N (default 3)
                     app containers of the pyust image (host names app1..)
                     record every scenario and tests/fleet/app.py to it
@@ -86,7 +86,9 @@ tasks:
                     (the e2e snapshots) and `pyust report` over every
                     host; docker compose, docker-compose (from apt under
                     CI=true), or --docker-run: compose.yaml's services
-                    started with docker run
+                    started with docker run; --python: an interpreter
+                    with pyust installed for top and report (default: a
+                    virtualenv of python3, pyust built into it)
   base-image [--suite SUITE] [--force]
                     debootstrap a minimal Debian (default trixie; forky
                     for Debian testing) into the local image
