@@ -1138,7 +1138,7 @@ fn open_trace(dir: &Path) -> Result<TraceInfo, String> {
     }
     Ok(TraceInfo {
         meta,
-        host: crate::ffi::bt2::intern_host(&crate::ffi::bt2::metadata_hostname(dir)),
+        host: crate::ffi::bt2::intern_host(&crate::ffi::bt2::hostname_in(&data)),
         layouts,
         by_class,
     })

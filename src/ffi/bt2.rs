@@ -279,11 +279,15 @@ pub fn host_name(host: u32) -> String {
 /// The host name a trace's metadata gives (its `env` block's
 /// `hostname`), "" when it says none.
 pub fn metadata_hostname(dir: &Path) -> String {
-    let Ok(data) = std::fs::read(dir.join("metadata")) else {
-        return String::new();
-    };
+    std::fs::read(dir.join("metadata"))
+        .map(|data| hostname_in(&data))
+        .unwrap_or_default()
+}
+
+/// The `hostname` of a metadata file's bytes, "" when it says none.
+pub fn hostname_in(data: &[u8]) -> String {
     // CTF 1.8: `hostname = "vm";`, CTF 2 (JSON): `"hostname":"vm"`.
-    let Some(at) = memchr::memmem::find(&data, b"hostname") else {
+    let Some(at) = memchr::memmem::find(data, b"hostname") else {
         return String::new();
     };
     let rest = &data[at + b"hostname".len()..];

@@ -439,20 +439,14 @@ impl Runner {
     ) -> Result<Running> {
         match self {
             Runner::Compose(command) => {
-                let (program, args) = command.split_first().unwrap();
-                let mut up = cmd!(
-                    sh,
-                    "{program} {args...} -p {project} -f compose.yaml up -d --no-build relay {hosts...}"
-                );
-                for (k, v) in env {
-                    up = up.env(k, v);
-                }
                 let running = Running {
                     compose: Some((command.clone(), env_owned(env))),
                     project: project.to_owned(),
                     hosts: hosts.to_vec(),
                 };
-                if let Err(err) = up.run() {
+                let mut up = vec!["up", "-d", "--no-build", "relay"];
+                up.extend(hosts.iter().map(String::as_str));
+                if let Err(err) = running.compose(sh, &up).run() {
                     running.down(sh);
                     return Err(err.into());
                 }
@@ -507,20 +501,27 @@ struct Running {
 }
 
 impl Running {
+    /// `COMPOSE -p PROJECT -f compose.yaml ARGS...` with compose.yaml's
+    /// variables in its environment.
+    fn compose<'a>(&self, sh: &'a Shell, args: &[&str]) -> xshell::Cmd<'a> {
+        let (command, env) = self.compose.as_ref().expect("a fleet compose started");
+        let (program, options) = command.split_first().expect("a compose command");
+        let project = &self.project;
+        let mut cmd = cmd!(
+            sh,
+            "{program} {options...} -p {project} -f compose.yaml {args...}"
+        );
+        for (k, v) in env {
+            cmd = cmd.env(k, v);
+        }
+        cmd
+    }
+
     /// The container of `service`.
     fn container(&self, sh: &Shell, service: &str) -> Result<String> {
         match &self.compose {
-            Some((command, env)) => {
-                let (program, args) = command.split_first().unwrap();
-                let project = &self.project;
-                let mut ps = cmd!(
-                    sh,
-                    "{program} {args...} -p {project} -f compose.yaml ps -q {service}"
-                );
-                for (k, v) in env {
-                    ps = ps.env(k, v);
-                }
-                let id = ps.quiet().read()?;
+            Some(_) => {
+                let id = self.compose(sh, &["ps", "-q", service]).quiet().read()?;
                 if id.is_empty() {
                     bail!("fleet: no container of {service}");
                 }
@@ -573,16 +574,13 @@ impl Running {
     fn down(&self, sh: &Shell) {
         let project = &self.project;
         match &self.compose {
-            Some((command, env)) => {
-                let (program, args) = command.split_first().unwrap();
-                let mut down = cmd!(
-                    sh,
-                    "{program} {args...} -p {project} -f compose.yaml down -t 10"
-                );
-                for (k, v) in env {
-                    down = down.env(k, v);
-                }
-                let _ = down.quiet().ignore_stdout().ignore_stderr().run();
+            Some(_) => {
+                let _ = self
+                    .compose(sh, &["down", "-t", "10"])
+                    .quiet()
+                    .ignore_stdout()
+                    .ignore_stderr()
+                    .run();
             }
             None => {
                 let mut names: Vec<String> = self
