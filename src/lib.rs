@@ -5,21 +5,16 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-mod control;
-mod ctf;
-mod decode;
-mod fast;
+mod analyze;
 mod ffi;
-mod hook;
-#[cfg(Py_3_12)]
-mod monitor;
-mod names;
-#[cfg(not(Py_3_12))]
-mod profile;
-mod report;
-mod timeline;
-mod top;
-mod view;
+mod format;
+mod fxhash;
+mod read;
+mod record;
+
+use analyze::{report, timeline, top, view};
+use record as control;
+use record::hook;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyCode, PyDict};
@@ -357,7 +352,7 @@ fn _bench_floor(py: Python<'_>, kind: &str, on: bool) -> PyResult<()> {
             Ok(())
         },
         #[cfg(Py_3_12)]
-        "monitoring" => monitor::bench_floor(py, on),
+        "monitoring" => record::bench_floor(py, on),
         _ => {
             let _ = py;
             Err(pyo3::exceptions::PyValueError::new_err(format!(
@@ -428,7 +423,7 @@ type LiveSession = (String, String, String, u64, u64);
 /// streams, viewers attached). OSError when it cannot be asked.
 #[pyfunction]
 fn _live_sessions(py: Python<'_>, url: String) -> PyResult<Vec<LiveSession>> {
-    py.detach(|| ffi::bt2::live_sessions(&url))
+    py.detach(|| read::live_sessions(&url))
         .map(|sessions| {
             sessions
                 .into_iter()

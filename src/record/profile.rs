@@ -20,10 +20,10 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
 
+use super::hook::{self, Out, ARMED, ENABLED};
+use super::names;
 use crate::ffi::cpython as cpy;
 use crate::ffi::lttng as tp;
-use crate::hook::{self, Out, ARMED, ENABLED};
-use crate::names;
 
 pub const NAME: &str = "profile";
 

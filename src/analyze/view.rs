@@ -7,14 +7,14 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::ffi::bt2::{Event, Kind, Message};
+use crate::read::{Event, Kind, Message};
 
 /// The trace's host name, from the metadata of its first trace folder.
 fn hostname(trace: &Path) -> String {
     let mut dirs = Vec::new();
-    crate::ffi::bt2::find_traces(trace, &mut dirs, 0);
+    crate::read::find_traces(trace, &mut dirs, 0);
     dirs.first()
-        .map(|d| crate::ffi::bt2::metadata_hostname(d))
+        .map(|d| crate::read::metadata_hostname(d))
         .unwrap_or_default()
 }
 
@@ -123,7 +123,7 @@ pub fn view(trace: &Path, tick: &mut dyn FnMut() -> Result<(), String>) -> Resul
                     0 => &default_host,
                     n => {
                         while hosts.len() < n {
-                            hosts.push(crate::ffi::bt2::host_name(hosts.len() as u32 + 1));
+                            hosts.push(crate::read::host_name(hosts.len() as u32 + 1));
                         }
                         &hosts[n - 1]
                     }
@@ -143,7 +143,7 @@ pub fn view(trace: &Path, tick: &mut dyn FnMut() -> Result<(), String>) -> Resul
             _ => Ok(()),
         }
     };
-    let read = crate::decode::read(trace, &mut each);
+    let read = crate::read::read(trace, &mut each);
     let flushed = out.flush();
     match read {
         Err(_) if broken_pipe => Ok(()),

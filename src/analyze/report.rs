@@ -8,15 +8,14 @@
 //! number of events; the timeline is written as the events stream by.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::ffi::bt2::{Discarded, Event, Kind, Message};
-use crate::timeline::{Dropped, Limits, Slice, Timeline, Track};
+use super::timeline::{Dropped, Limits, Slice, Timeline, Track};
+use crate::fxhash::FxMap;
+use crate::read::{Discarded, Event, Kind, Message};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sort {
@@ -41,39 +40,6 @@ pub struct Options {
     /// Bounds of the timelines; `from`/`to` count from the first event.
     pub limits: Limits,
 }
-
-/// A small, fast hasher (FxHash's multiply-rotate) for the per-event
-/// lookups; the keys are the trace's own strings, not an attack surface
-/// worth SipHash's cost here.
-#[derive(Default)]
-pub(crate) struct Fx(u64);
-
-impl Hasher for Fx {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(n.into())
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64)
-    }
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(n.into())
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
 
 /// One function: a Python code object (module, qualified name, file,
 /// first line) or a C function (its qualified name).
@@ -244,7 +210,7 @@ struct Analysis<'o> {
     /// What the timeline's limits left out, once it is written.
     timeline_dropped: Option<Dropped>,
     /// The fast mode's batches, unpacked.
-    fast: crate::decode::Stats,
+    fast: crate::read::Stats,
 }
 
 /// Reads `trace` and returns the table; writes the files `opts` names
@@ -277,7 +243,7 @@ fn run(
     opts: &Options,
     tick: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<String, String> {
-    let hosts = crate::ffi::bt2::trace_hosts(trace);
+    let hosts = crate::read::trace_hosts(trace);
     if let Some(host) = &opts.host {
         if !hosts.contains(host) {
             return Err(format!(
@@ -325,7 +291,7 @@ fn run(
         no_thread_context: false,
         threads_seen: 0,
         timeline_dropped: None,
-        fast: crate::decode::Stats::default(),
+        fast: crate::read::Stats::default(),
     };
     let mut seen = 0u64;
     let mut progress = Progress::new(trace);
@@ -339,7 +305,7 @@ fn run(
         }
         analysis.message(message)
     };
-    analysis.fast = crate::decode::read(trace, &mut each)?;
+    analysis.fast = crate::read::read(trace, &mut each)?;
     drop(progress);
     analysis.finish()?;
     let table = analysis.table(trace);
@@ -486,7 +452,7 @@ impl Analysis<'_> {
     fn rank(&mut self, host: u32) -> usize {
         let hosts = &self.hosts;
         *self.host_rank.entry(host).or_insert_with(|| {
-            let name = crate::ffi::bt2::host_name(host);
+            let name = crate::read::host_name(host);
             hosts.iter().position(|h| *h == name).unwrap_or(0)
         })
     }
@@ -502,7 +468,7 @@ impl Analysis<'_> {
         *self
             .host_match
             .entry(host)
-            .or_insert_with(|| crate::ffi::bt2::host_name(host) == wanted)
+            .or_insert_with(|| crate::read::host_name(host) == wanted)
     }
 
     fn message(&mut self, message: Message<'_>) -> Result<(), String> {
@@ -567,7 +533,7 @@ impl Analysis<'_> {
                     procname: if self.hosts.is_empty() {
                         ev.procname.to_owned()
                     } else {
-                        format!("{}/{}", crate::ffi::bt2::host_name(ev.host), ev.procname)
+                        format!("{}/{}", crate::read::host_name(ev.host), ev.procname)
                     },
                     stack: Vec::new(),
                     active: FxMap::default(),
@@ -746,7 +712,7 @@ impl Analysis<'_> {
                 .map(|h| (h.clone(), Vec::new()))
                 .collect();
             for t in self.threads.values() {
-                let name = crate::ffi::bt2::host_name(t.host);
+                let name = crate::read::host_name(t.host);
                 let procname = t.procname.split_once('/').map_or(&*t.procname, |(_, p)| p);
                 by_host
                     .entry(name)

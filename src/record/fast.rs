@@ -31,20 +31,12 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::ffi::lttng as tp;
-
-/// Record kinds (the top 3 bits of a record's word).
-pub const CALL: u32 = 0;
-pub const RETURN: u32 = 1;
-pub const C_CALL: u32 = 2;
-pub const C_RETURN: u32 = 3;
-pub const EXCEPTION: u32 = 4;
-pub const KIND_SHIFT: u32 = 29;
-const ID_MASK: u32 = (1 << KIND_SHIFT) - 1;
+pub use crate::format::{
+    CALL, C_CALL, C_RETURN, EPOCH_NS, EXCEPTION, FLUSH_NS, ID_MASK, KIND_SHIFT, RETURN,
+};
 
 /// Bytes of records per batch (512 plain records).
 const CAP: usize = 4096;
-/// A batch older than this is committed (the flusher's test, in ns).
-pub const FLUSH_NS: u64 = 100_000_000;
 /// The same in ticks, as each record tests it: 100 ms of CLOCK_MONOTONIC,
 /// or 300 M cycles of the TSC (100 ms at 3 GHz; the 32-bit offsets last
 /// 0.86 s at 5 GHz).
@@ -78,8 +70,6 @@ fn ticks() -> u64 {
     }
     tp::clock_ns()
 }
-/// How often definitions are re-emitted.
-pub const EPOCH_NS: u64 = 1_000_000_000;
 const FLUSHER_PERIOD: Duration = Duration::from_millis(50);
 
 /// Whether the fast mode records (some session enables `python_fast:batch`).

@@ -19,10 +19,10 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyCode, PyType};
 
-use crate::fast;
+use super::fast;
+use super::names;
 use crate::ffi::cpython as cpy;
 use crate::ffi::lttng as tp;
-use crate::names;
 
 /// pyust's own native module and its classes: C calls into them are left
 /// out of the trace, so no part of pyust shows in it.
@@ -631,7 +631,7 @@ struct CName {
 }
 
 /// Keyed by addresses: FxHash, not SipHash (a lookup per C call).
-type CNames = crate::report::FxMap<(usize, usize), CName>;
+type CNames = crate::fxhash::FxMap<(usize, usize), CName>;
 /// Read by every C call of every thread, written once per new function:
 /// a read lock (no thread waits for another reader), held only while no
 /// Python code runs.

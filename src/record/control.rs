@@ -4,9 +4,9 @@
 //! path (`hook.rs`) knows none of this.
 
 #[cfg(Py_3_12)]
-use crate::monitor as backend;
+use super::monitor as backend;
 #[cfg(not(Py_3_12))]
-use crate::profile as backend;
+use super::profile as backend;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -20,9 +20,9 @@ use pyo3::prelude::*;
 use pyo3::sync::MutexExt;
 use pyo3::types::PyCode;
 
-use crate::fast;
+use super::fast;
+use super::hook::{self, ARMED, ENABLED};
 use crate::ffi::lttng as tp;
-use crate::hook::{self, ARMED, ENABLED};
 
 /// How often the watcher looks at LTTng's enabled flags: a session that
 /// starts recording `python:*` is seen within this time.

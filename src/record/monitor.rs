@@ -23,8 +23,8 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
+use super::hook::{self, Out, ENABLED};
 use crate::ffi::lttng as tp;
-use crate::hook::{self, Out, ENABLED};
 
 pub const NAME: &str = "sys.monitoring";
 

@@ -15,8 +15,8 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use crate::ffi::bt2::{Event, Kind, Message};
-use crate::report::FxMap;
+use crate::fxhash::FxMap;
+use crate::read::{Event, Kind, Message};
 
 pub struct Options {
     /// Time between tables.
@@ -289,7 +289,7 @@ impl State {
             let mut seen: Vec<u32> = self.processes.keys().map(|&(h, _)| h).collect();
             seen.dedup();
             let top = seen.iter().copied().max().unwrap_or(0) as usize;
-            (0..=top as u32).map(crate::ffi::bt2::host_name).collect()
+            (0..=top as u32).map(crate::read::host_name).collect()
         };
         let host = |h: u32| -> &str {
             match hosts[h as usize].as_str() {
@@ -439,7 +439,7 @@ pub fn top(
         print(&text);
         Ok(opts.once || closed.get())
     };
-    crate::decode::live(urls, &mut each, &mut pace)?;
+    crate::read::live(urls, &mut each, &mut pace)?;
     if closed.get() {
         return Ok(End::Closed);
     }

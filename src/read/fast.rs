@@ -1,20 +1,16 @@
-//! Reading a trace as `python:*` events, whatever the mode it was recorded
-//! in: the readers (`ctf.rs`, libbabeltrace2 through `ffi/bt2.rs`) give the
-//! events as recorded, and the fast mode's batches (`fast.rs` writes them)
-//! are unpacked here into the events the readable mode would have
-//! recorded, names resolved from the `python_fast:def` events.
+//! The fast mode's batches (`record::fast` writes them; the format is
+//! `crate::format`'s) unpacked into the events the readable mode would
+//! have recorded, names resolved from the `python_fast:def` events.
 //!
-//! A batch is committed after its records were taken (up to `fast::FLUSH_NS`
+//! A batch is committed after its records were taken (up to `FLUSH_NS`
 //! later, a little more for an idle thread), so the unpacked events wait in
 //! a heap until the trace has moved `WINDOW` past them, and come out in
 //! time order with the other threads' events.
 
+use crate::format as fast;
+use crate::read::event::{Event, Kind, Message};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::path::Path;
-
-use crate::fast;
-use crate::ffi::bt2::{self, Event, Kind, Message};
 
 /// How long unpacked events wait for the batches of other threads.
 const WINDOW: i64 = 400_000_000;
@@ -63,7 +59,7 @@ struct Pending {
     procname: u32,
 }
 
-struct Decoder {
+pub(super) struct Decoder {
     /// By (host, pid, id).
     defs: HashMap<(u32, i64, u32), Names>,
     procnames: Vec<String>,
@@ -72,7 +68,7 @@ struct Decoder {
     seq: u64,
     /// Everything up to here was handed over.
     released: i64,
-    stats: Stats,
+    pub(super) stats: Stats,
     /// Processes with readable `python:*` events in the trace.
     readable: std::collections::HashSet<(u32, i64)>,
 }
@@ -86,7 +82,7 @@ static UNKNOWN: Names = Names {
 };
 
 impl Decoder {
-    fn new() -> Decoder {
+    pub(super) fn new() -> Decoder {
         Decoder {
             defs: HashMap::new(),
             procnames: Vec::new(),
@@ -99,7 +95,7 @@ impl Decoder {
         }
     }
 
-    fn message(
+    pub(super) fn message(
         &mut self,
         message: Message<'_>,
         out: &mut dyn FnMut(Message<'_>) -> Result<(), String>,
@@ -202,7 +198,7 @@ impl Decoder {
     }
 
     /// Hands over the unpacked events up to `upto` (all with `i64::MAX`).
-    fn release(
+    pub(super) fn release(
         &mut self,
         upto: i64,
         out: &mut dyn FnMut(Message<'_>) -> Result<(), String>,
@@ -286,44 +282,4 @@ impl Decoder {
         }
         Ok(())
     }
-}
-
-/// Reads the traces under `trace`, handing `each` every message with the
-/// fast mode's batches unpacked. LTTng-UST's traces go through pyust's own
-/// reader, anything it does not understand through libbabeltrace2;
-/// PYUST_REPORT_READER=babeltrace2 or =pyust picks one (the latter fails
-/// where it cannot read).
-pub fn read(
-    trace: &Path,
-    each: &mut dyn FnMut(Message<'_>) -> Result<(), String>,
-) -> Result<Stats, String> {
-    let mut decoder = Decoder::new();
-    let mut unpacking = |message: Message<'_>| decoder.message(message, each);
-    let choice = std::env::var("PYUST_REPORT_READER").unwrap_or_default();
-    if choice == "babeltrace2" {
-        bt2::read(trace, &mut unpacking)?;
-    } else if let Some(why) = crate::ctf::read(trace, &mut unpacking)? {
-        if choice == "pyust" {
-            return Err(format!(
-                "pyust's trace reader cannot read {}: {why}",
-                trace.display()
-            ));
-        }
-        bt2::read(trace, &mut unpacking)?;
-    }
-    decoder.release(i64::MAX, each)?;
-    Ok(decoder.stats)
-}
-
-/// Reads live sessions (`bt2::live`) as `read` reads a trace folder.
-pub fn live(
-    urls: &[String],
-    each: &mut dyn FnMut(Message<'_>) -> Result<(), String>,
-    pace: &mut dyn FnMut(bool) -> Result<bool, String>,
-) -> Result<Stats, String> {
-    let mut decoder = Decoder::new();
-    let mut unpacking = |message: Message<'_>| decoder.message(message, each);
-    bt2::live(urls, &mut unpacking, pace)?;
-    decoder.release(i64::MAX, each)?;
-    Ok(decoder.stats)
 }
