@@ -13,6 +13,8 @@
 //!
 //! Nothing here reads traces (`crate::read`) or analyses them.
 
+mod cfuncs;
+mod codes;
 mod control;
 mod fast;
 pub mod hook;
