@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -269,10 +270,7 @@ def test_without_the_provider(tmp_path: Path) -> None:
 
     package = Path(pyust.__file__).parent
     copy = tmp_path / "site" / "pyust"
-    copy.mkdir(parents=True)
-    for file in package.iterdir():
-        if file.is_file() and not file.name.startswith("_pyust_tp-"):
-            (copy / file.name).write_bytes(file.read_bytes())
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("_pyust_tp-*", "__pycache__"))
     env = {**os.environ, "PYTHONPATH": str(copy.parent)}
     script = write_script(tmp_path, "hello.py", "print('hello')")
 

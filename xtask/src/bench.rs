@@ -39,30 +39,6 @@ pub struct Bench {
 }
 
 impl Bench {
-    pub fn parse(args: &[String]) -> Result<Bench> {
-        let mut bench = Bench {
-            versions: Vec::new(),
-            rounds: 5,
-            callgrind: true,
-        };
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--python" => bench.versions.push(
-                    args.next()
-                        .context("--python needs a version (3.11, or 3.14t)")?
-                        .clone(),
-                ),
-                "--rounds" => {
-                    bench.rounds = args.next().context("--rounds needs a number")?.parse()?
-                }
-                "--no-callgrind" => bench.callgrind = false,
-                other => bail!("unknown bench option {other:?}"),
-            }
-        }
-        Ok(bench)
-    }
-
     pub fn run(self, sh: &Shell) -> Result<()> {
         common::ensure_sessiond(sh)?;
         if self.callgrind && !common::have("valgrind") {

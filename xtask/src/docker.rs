@@ -20,48 +20,55 @@ pub fn local_base(suite: &str) -> String {
     format!("local/debian:{suite}")
 }
 
-fn daemon_answers(sh: &Shell) -> bool {
-    cmd!(sh, "docker info")
-        .quiet()
-        .ignore_stdout()
-        .ignore_stderr()
-        .run()
-        .is_ok()
-}
-
 /// Makes sure a Docker daemon answers. Under CI=true it installs docker.io
 /// and starts `dockerd` when needed; elsewhere it says what to run.
 pub fn ensure_daemon(sh: &Shell) -> Result<()> {
+    if have("docker") && daemon_answers(sh) {
+        return Ok(());
+    }
+    if in_ci() {
+        return start_daemon(sh);
+    }
     if !have("docker") {
-        if !in_ci() {
-            bail!("no docker client: install Docker (e.g. apt-get install docker.io)");
-        }
+        bail!("no docker client: `cargo xtask setup` installs Docker (docker.io)");
+    }
+    // /usr/sbin may not be on a user's PATH.
+    let installed = have("dockerd")
+        || ["/usr/sbin/dockerd", "/usr/bin/dockerd"]
+            .iter()
+            .any(|p| Path::new(p).exists());
+    if !installed {
+        bail!(
+            "no Docker daemon answers, and none is installed (this docker is a client only): \
+             `cargo xtask setup` installs and starts one (or: `apt-get install docker.io` and \
+             `systemctl start docker`), then run this again"
+        );
+    }
+    bail!(
+        "no Docker daemon answers; start one (`cargo xtask setup`, or as root: \
+         `dockerd > /var/log/dockerd.log 2>&1 &`, or `systemctl start docker`) and run this again"
+    )
+}
+
+/// Whether a Docker daemon answers the client.
+pub fn daemon_answers(sh: &Shell) -> bool {
+    have("docker")
+        && cmd!(sh, "docker info")
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run()
+            .is_ok()
+}
+
+/// Installs docker.io when no daemon is installed and starts `dockerd` in
+/// the background (its log in target/dockerd.log) when none answers.
+pub fn start_daemon(sh: &Shell) -> Result<()> {
+    if !have("docker") || !have("dockerd") {
         apt_install(sh, &["docker.io"])?;
     }
     if daemon_answers(sh) {
         return Ok(());
-    }
-    if !in_ci() {
-        // /usr/sbin may not be on a user's PATH.
-        let installed = have("dockerd")
-            || ["/usr/sbin/dockerd", "/usr/bin/dockerd"]
-                .iter()
-                .any(|p| Path::new(p).exists());
-        if !installed {
-            bail!(
-                "no Docker daemon answers, and none is installed (this docker is a client only): \
-                 install your distribution's daemon (Debian/Ubuntu: `apt-get install docker.io`), \
-                 start it (`systemctl start docker`, or as root `dockerd > /var/log/dockerd.log 2>&1 &`) \
-                 and run this again"
-            );
-        }
-        bail!(
-            "no Docker daemon answers; start one (as root: `dockerd > /var/log/dockerd.log 2>&1 &`, \
-             or `systemctl start docker`) and run this again"
-        );
-    }
-    if !have("dockerd") {
-        apt_install(sh, &["docker.io"])?;
     }
     eprintln!("xtask: starting dockerd");
     let log = std::fs::File::create(crate::common::target_dir(sh).join("dockerd.log"))
@@ -82,12 +89,19 @@ pub fn ensure_daemon(sh: &Shell) -> Result<()> {
     bail!("dockerd started but does not answer after 60 s (see target/dockerd.log)")
 }
 
+/// `apt-get install` (through sudo when not root).
 pub fn apt_install(sh: &Shell, packages: &[&str]) -> Result<()> {
     eprintln!("xtask: apt-get install {}", packages.join(" "));
-    cmd!(sh, "apt-get update -qq").quiet().run()?;
+    // Through sudo when not root (sudo runs apt-get with the arguments).
+    let (program, sudo) = if crate::common::is_root() {
+        ("apt-get", None)
+    } else {
+        ("sudo", Some("apt-get"))
+    };
+    cmd!(sh, "{program} {sudo...} update -qq").quiet().run()?;
     cmd!(
         sh,
-        "apt-get install -y -qq --no-install-recommends {packages...}"
+        "{program} {sudo...} install -y -qq --no-install-recommends {packages...}"
     )
     .env("DEBIAN_FRONTEND", "noninteractive")
     .quiet()

@@ -21,26 +21,6 @@ pub struct E2e {
 }
 
 impl E2e {
-    pub fn parse(args: &[String]) -> Result<E2e> {
-        let mut e2e = E2e {
-            local: false,
-            python: None,
-            base: None,
-        };
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--local" => e2e.local = true,
-                "--python" => {
-                    e2e.python = Some(args.next().context("--python needs a path")?.into())
-                }
-                "--base" => e2e.base = Some(args.next().context("--base needs an image")?.clone()),
-                other => bail!("unknown e2e option {other:?}"),
-            }
-        }
-        Ok(e2e)
-    }
-
     pub fn run(self, sh: &Shell) -> Result<()> {
         type Recorder<'a> = Box<dyn Fn(&Path, &str) -> Result<String> + 'a>;
         let record: Recorder<'_> = if self.local {

@@ -44,34 +44,6 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn parse(args: &[String]) -> Result<Fleet> {
-        let mut fleet = Fleet {
-            apps: MAX_APPS,
-            docker_run: false,
-            python: None,
-        };
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--docker-run" => fleet.docker_run = true,
-                "--python" => {
-                    fleet.python = Some(args.next().context("--python needs a path")?.into())
-                }
-                n if n.parse::<usize>().is_ok() => fleet.apps = n.parse()?,
-                other => bail!(
-                    "usage: cargo xtask fleet [N] [--docker-run] [--python PYTHON] (not {other:?})"
-                ),
-            }
-        }
-        if !(1..=MAX_APPS).contains(&fleet.apps) {
-            bail!(
-                "fleet: N is 1 to {MAX_APPS}, the app containers compose.yaml describes \
-                 (add services there for more)"
-            );
-        }
-        Ok(fleet)
-    }
-
     pub fn run(self, sh: &Shell) -> Result<()> {
         docker::ensure_daemon(sh)?;
         let runner = Runner::find(sh, self.docker_run)?;

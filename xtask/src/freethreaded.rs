@@ -22,7 +22,7 @@ const MIRRORS: [&str; 2] = [
     "http://archive.ubuntu.com/ubuntu/pool/main/p/python3.14",
 ];
 /// What building CPython with its usual modules needs (Debian/Ubuntu).
-const BUILD_DEPS: [&str; 12] = [
+pub const BUILD_DEPS: [&str; 12] = [
     "build-essential",
     "curl",
     "xz-utils",

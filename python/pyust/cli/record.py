@@ -1,0 +1,445 @@
+"""`pyust record`: one session for one program (and its children), set up,
+run and torn down whatever the program does.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+from .children import Tracker
+from .common import (
+    RECORD_ENV,
+    SNAPSHOT_ENV,
+    USAGE,
+    Target,
+    _option_value,
+    _say,
+    fail,
+    human_size,
+    parse_count,
+    parse_exception_type,
+    parse_max_size,
+    parse_size,
+    parse_target,
+)
+from .diskwatch import DiskWatch
+from .flight import FlightRecorder
+from .lttng import (
+    CHANNEL,
+    DEFAULT_MAX_SIZE,
+    DEFAULT_MODE,
+    DEFS_CHANNEL,
+    DEFS_NUM_SUBBUF,
+    DEFS_SUBBUF,
+    MODES,
+    NUM_SUBBUF,
+    RELAY_PORT,
+    TRACEFILES_PER_STREAM,
+    _check,
+    _lttng,
+    _lttng_error,
+    _run_lttng,
+    discarded_events,
+    dropped_data,
+    ensure_session_daemon,
+    flight_buffer,
+    parse_relay,
+    possible_cpus,
+    relay_address,
+    relay_host,
+    relay_problem,
+    relay_url,
+    size_limits,
+    subbuf_size,
+    trace_format,
+)
+from .view import show
+
+
+def default_output(target: Target) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = os.path.join("pyust-traces", f"{target.label}-{stamp}")
+    path, n = base, 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}-{n}"
+    return path
+
+
+def _foreground_on_terminal() -> bool:
+    """Whether this process is in the foreground of a terminal (where
+    Ctrl-C signals the whole process group)."""
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+def record(argv: list[str]) -> int:
+    output: str | None = None
+    view = False
+    subbuf: int | None = None
+    num_subbuf = NUM_SUBBUF
+    all_processes = False
+    max_size: int | None = None
+    flight = False
+    buffer: int | None = None
+    exc_types: list[str] = []
+    mode = DEFAULT_MODE
+    c_calls = True
+    relay: tuple[str, int | None] | None = None
+    live = False
+    while argv:
+        arg = argv[0]
+        name = arg.partition("=")[0] if arg.startswith("--") else arg
+        if name in ("-o", "--output"):
+            output, argv = _option_value(argv, "a folder")
+        elif arg == "--view":
+            view, argv = True, argv[1:]
+        elif name == "--relay":
+            value, argv = _option_value(argv, "a host, or host:port")
+            relay = parse_relay(value)
+        elif arg == "--live":
+            live, argv = True, argv[1:]
+        elif arg == "--all-processes":
+            all_processes, argv = True, argv[1:]
+        elif name == "--max-size":
+            value, argv = _option_value(argv, "a size (e.g. 500M, 2G; 0: no limit)")
+            max_size = parse_max_size(value)
+        elif arg == "--flight-recorder":
+            flight, argv = True, argv[1:]
+        elif name == "--mode":
+            mode, argv = _option_value(argv, "fast or readable")
+            if mode not in MODES:
+                fail(f"--mode {mode}: fast or readable")
+        elif arg == "--no-c-calls":
+            c_calls, argv = False, argv[1:]
+        elif name == "--buffer":
+            value, argv = _option_value(argv, "a size (e.g. 64M)")
+            buffer = parse_max_size(value)
+        elif name == "--snapshot-on":
+            value, argv = _option_value(argv, "an exception type (e.g. ValueError)")
+            exc_types.append(parse_exception_type(value))
+        elif name == "--subbuf-size":
+            value, argv = _option_value(argv, "a value")
+            subbuf = parse_size(value)
+        elif name == "--num-subbuf":
+            value, argv = _option_value(argv, "a value")
+            num_subbuf = parse_count(value)
+        elif arg == "--":
+            argv = argv[1:]
+            break
+        elif arg in ("-h", "--help"):
+            print(USAGE)
+            return 0
+        elif arg.startswith("-") and not arg.startswith("-m"):
+            fail(f"unknown option for record: {arg}")
+        else:
+            break
+    if live and relay is None:
+        fail("--live needs --relay: a live session streams to a relay daemon")
+    if relay is not None:
+        for given, what in (
+            (output is not None, "-o (the trace goes to the relay's output folder)"),
+            (view, "--view (the trace is on the relay: `pyust view` it there)"),
+            (flight, "--flight-recorder"),
+        ):
+            if given:
+                fail(f"--relay does not go with {what}")
+    if not flight and (buffer is not None or exc_types):
+        fail(f"{'--buffer' if buffer is not None else '--snapshot-on'} needs --flight-recorder")
+    if flight and max_size is not None:
+        fail("--max-size is for traces written as they run; a flight recorder's size is --buffer")
+    if flight and subbuf is not None:
+        fail("--subbuf-size does not go with --flight-recorder: --buffer sets it")
+    limits: list[str] = []
+    channel_subbuf = subbuf or subbuf_size()
+    if flight:
+        channel_subbuf = flight_buffer(buffer, num_subbuf)
+    else:
+        if max_size is None:
+            max_size = DEFAULT_MAX_SIZE
+        if max_size:
+            channel_subbuf, tracefile = size_limits(max_size, subbuf)
+            limits = [f"--tracefile-size={tracefile}", f"--tracefile-count={TRACEFILES_PER_STREAM}"]
+    target = parse_target(argv)
+    if target.script is not None and not os.path.isfile(target.script):
+        fail(f"cannot open script {target.script!r}: no such file")
+    from .. import _pyust
+
+    if _pyust._no_tracing:  # LTTng-UST is not installed
+        fail(_pyust._no_tracing)
+    lttng = _lttng()
+    if view and shutil.which("babeltrace2") is None:
+        fail("--view needs babeltrace2 (apt-get install babeltrace2)")
+    ensure_session_daemon(lttng)
+
+    if relay is None:
+        output = os.path.abspath(output or default_output(target))
+        if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+            fail(f"output folder {output} exists and is not empty")
+    else:
+        # The path the relay writes under <its output>/<this host>/: the
+        # pid keeps two runs of one script in the same second apart.
+        output = f"pyust/{os.path.basename(default_output(target))}-{os.getpid()}"
+        problem = relay_problem(relay)
+        if problem:
+            fail(f"no relay daemon answers at {relay_address(relay)} ({problem})")
+    stamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+    # The script's name last: `pyust top` picks sessions by pattern
+    # (`*-app` attaches to every host's run of app.py).
+    session = f"pyust-{os.getpid()}-{stamp}-{re.sub(r'[^A-Za-z0-9_.-]', '_', target.label)[:48]}"
+
+    created = False
+    status = 1
+    # Signals that stop a recording: Ctrl-C (SIGINT), SIGTERM, and SIGHUP
+    # when the terminal goes away. This process catches them (a caught
+    # signal is reset to its default in the child at exec, an ignored one
+    # would stay ignored there), passes them on to the traced child and,
+    # once the child has ended, always tears the session down. On a
+    # terminal, Ctrl-C reaches the child directly (same process group), so
+    # SIGINT is not passed on there: the child would be interrupted twice.
+    # Elsewhere (a container's init, a pipeline) the child gets a session
+    # of its own and every signal reaches it through this process.
+    on_terminal = _foreground_on_terminal()
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old_handlers = {sig: signal.getsignal(sig) for sig in stop_signals}
+    received: list[int] = []
+    child: subprocess.Popen[bytes] | None = None
+    tracker: Tracker | None = None
+    recorder: FlightRecorder | None = None
+    watch: DiskWatch | None = None
+    old_usr1 = signal.getsignal(signal.SIGUSR1)
+
+    def on_stop_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        if on_terminal and signum == signal.SIGINT:
+            return
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    for sig in stop_signals:
+        signal.signal(sig, on_stop_signal)
+    try:
+        if flight:
+            try:
+                os.makedirs(output, exist_ok=True)
+            except OSError as exc:
+                fail(f"cannot make the output folder {output}: {exc.strerror}")
+            recorder = FlightRecorder(lttng, session, output, exc_types, mode)
+            _check(
+                _run_lttng(
+                    lttng, "create", session, "--snapshot", "--no-output", *trace_format(lttng)
+                ),
+                "create",
+            )
+            created = True
+            _check(
+                _run_lttng(
+                    lttng,
+                    "snapshot",
+                    "add-output",
+                    f"--session={session}",
+                    f"--name={recorder.output_name}",
+                    output,
+                ),
+                "snapshot add-output",
+            )
+            signal.signal(signal.SIGUSR1, lambda _signum, _frame: recorder.request())
+        elif relay is not None:
+            _check(
+                _run_lttng(
+                    lttng,
+                    "create",
+                    session,
+                    f"--set-url={relay_url(relay, output)}",
+                    *(["--live"] if live else []),
+                    *trace_format(lttng),
+                ),
+                "create",
+            )
+            created = True
+        else:
+            _check(
+                _run_lttng(lttng, "create", session, f"--output={output}", *trace_format(lttng)),
+                "create",
+            )
+            created = True
+
+        def add_channel(name: str, subbuf: int, count: int, sizes: list[str], events: str) -> None:
+            """A channel of the session, its events, and the contexts
+            `report` tells processes and threads apart by."""
+            for command, *args in (
+                (
+                    "enable-channel",
+                    f"--subbuf-size={subbuf}",
+                    f"--num-subbuf={count}",
+                    *sizes,
+                    name,
+                ),
+                ("enable-event", f"--channel={name}", events),
+                (
+                    "add-context",
+                    f"--channel={name}",
+                    "--type=vpid",
+                    "--type=vtid",
+                    "--type=procname",
+                ),
+            ):
+                proc = _run_lttng(lttng, command, "--userspace", f"--session={session}", *args)
+                if proc.returncode != 0 and relay is not None and command == "enable-channel":
+                    # The session daemon reaches the relay at the first
+                    # channel, before the program runs (a client of
+                    # LTTng 2.16 may die of SIGPIPE there).
+                    where = relay_address(relay)
+                    fail(f"no relay daemon answers at {where} ({_lttng_error(proc)})")
+                _check(proc, command)
+
+        if mode == "fast":
+            events = ["python_fast:batch"]
+            if c_calls:
+                events.append("python_fast:c_calls")
+            if exc_types:
+                events.append("python_fast:exception")
+            defs_limits = []
+            if limits:
+                defs_size = max(tracefile // 8, DEFS_SUBBUF)
+                defs_limits = [
+                    f"--tracefile-size={defs_size}",
+                    f"--tracefile-count={TRACEFILES_PER_STREAM}",
+                ]
+            add_channel(DEFS_CHANNEL, DEFS_SUBBUF, DEFS_NUM_SUBBUF, defs_limits, "python_fast:def")
+        elif c_calls:
+            events = ["python:*"]
+        else:
+            events = ["python:call", "python:return", "python:exception"]
+        add_channel(CHANNEL, channel_subbuf, num_subbuf, limits, ",".join(events))
+        env = dict(os.environ)
+        if recorder is not None:
+            # SIGUSR1 to the program comes here (see run_traced).
+            env[SNAPSHOT_ENV] = str(os.getpid())
+            if all_processes:
+                recorder.watch(None)
+        if not all_processes:
+            # No process is recorded until the tracker lets it in.
+            _check(
+                _run_lttng(
+                    lttng, "untrack", "--userspace", f"--session={session}", "--all", "--vpid"
+                ),
+                "untrack",
+            )
+            try:
+                tracker = Tracker(lttng, session, recorder.watch if recorder else None)
+            except OSError as exc:
+                fail(f"cannot make record's control socket: {exc}")
+            env[RECORD_ENV] = tracker.path
+        _check(_run_lttng(lttng, "start", session), "start")
+        if relay is not None and live:
+            live_port = (relay[1] or RELAY_PORT) + 2  # lttng-relayd's live port: 5344
+            _say(
+                "pyust: live: babeltrace2 --input-format=lttng-live "
+                f"net://{relay_host(relay)}:{live_port}/host/{socket.gethostname()}/{session}"
+            )
+        if recorder is not None:
+            recorder.start()
+        elif relay is None:
+            # Room for every ring buffer's flush, and the metadata.
+            ring = possible_cpus() * num_subbuf * channel_subbuf
+            watch = DiskWatch(lttng, session, output, ring + (16 << 20))
+        if received:  # stopped while the session was being set up
+            status = 128 + received[0]
+        else:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "pyust", "--", *target.argv],
+                start_new_session=not on_terminal,
+                env=env,
+            )
+            status = child.wait()
+            if status < 0:
+                status = 128 - status
+    finally:
+        # A second Ctrl-C (or the hangup that follows a closed terminal)
+        # must not leave the session behind.
+        for sig in stop_signals:
+            signal.signal(sig, signal.SIG_IGN)
+        if recorder is not None:
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+            recorder.close()
+        if watch is not None:
+            watch.close()
+        if tracker is not None:
+            tracker.close()
+            if tracker.refused:
+                _say(f"pyust: {tracker.refused} process(es) of the program could not be recorded")
+        if created:
+            _run_lttng(lttng, "stop", session)
+            lost = discarded_events(lttng, session) if recorder is None else 0
+            if recorder is not None:
+                problem = recorder.snapshot("exit")
+                if problem:
+                    _say(f"pyust: no snapshot at exit: {problem}")
+            _run_lttng(lttng, "destroy", session)
+            if lost:
+                _say(f"pyust: LTTng discarded {lost} events (ring buffers full)")
+            if watch is not None and watch.free() == 0:
+                _say(
+                    f"pyust: the disk holding {output} filled up during the run: the "
+                    "trace may be cut short or unreadable; the program ran on"
+                )
+            elif watch is not None and watch.stopped_at is not None:
+                _say(
+                    f"pyust: the disk holding {output} was almost full "
+                    f"({human_size(watch.free_then)} free): recording stopped "
+                    f"{watch.stopped_at:.1f} s into the run; the program ran on untraced"
+                )
+            if max_size and relay is None:
+                gone, gone_bytes, kept = dropped_data(output)
+                if gone:
+                    _say(
+                        f"pyust: --max-size {human_size(max_size)}: the oldest {gone} "
+                        f"packet(s) of the trace (about {human_size(gone_bytes)}) were "
+                        f"dropped; the newest {human_size(kept)} are kept"
+                    )
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+        signal.signal(signal.SIGUSR1, old_usr1)
+    if relay is not None:
+        where = relay_address(relay)
+        if relay_problem(relay):
+            # LTTng sends the metadata of a session that is not live when
+            # it stops; a live one's goes with each second's flush.
+            _say(
+                f"pyust: the relay daemon at {where} stopped answering during the run: "
+                "its copy of the trace ends there"
+                + ("" if live else ", without the metadata to read it (--live sends it)")
+                + "; the program ran on"
+            )
+        _say(
+            f"pyust: trace streamed to the relay daemon at {where}, in its output folder "
+            f"under {socket.gethostname()}/{output}"
+        )
+        return status
+    if not os.path.isdir(output):
+        # LTTng's consumer went on writing into files that are gone; the
+        # program ran all the same.
+        _say(f"pyust: no trace: the folder {output} was removed during the run")
+        return status
+    if recorder is not None:
+        snapshots = recorder.folders()
+        if view and snapshots and signal.SIGHUP not in received:
+            sys.stdout.flush()
+            show(snapshots[-1])
+        _say(f"pyust: {len(snapshots)} snapshot(s) in {output}")
+        return status
+    if view and signal.SIGHUP not in received:  # no terminal to show it on
+        sys.stdout.flush()
+        show(output)
+    _say(f"pyust: trace written to {output}")
+    return status

@@ -1,0 +1,69 @@
+"""`pyust view DIR`: the trace as text (babeltrace2's, or pyust's own
+reader for the fast mode's batches).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from .common import USAGE, fail, trace_folder
+
+# `pyust view`
+
+
+def holds_fast_events(path: str) -> bool:
+    """Whether a trace folder's metadata declares the fast mode's batches."""
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        if "metadata" in files:
+            try:
+                with open(os.path.join(root, "metadata"), "rb") as f:
+                    if b"python_fast:batch" in f.read():
+                        return True
+            except OSError:
+                pass
+            dirs.clear()
+    return False
+
+
+def show(path: str) -> None:
+    if holds_fast_events(path):
+        # The batches are unpacked by pyust itself, into the same text.
+        from .. import _pyust
+
+        try:
+            _pyust._view(path)
+        except OSError as exc:
+            fail(f"cannot read {path}: {exc}")
+        return
+    babeltrace = shutil.which("babeltrace2")
+    if babeltrace is None:
+        fail("viewing a trace needs babeltrace2 (apt-get install babeltrace2)")
+    for root, _dirs, files in os.walk(path):
+        if "metadata" in files and os.path.getsize(os.path.join(root, "metadata")) == 0:
+            # (babeltrace2 aborts on it.)
+            fail(
+                f"{root}: the metadata file is empty (the trace was cut short before "
+                "its metadata was written): nothing in it can be read"
+            )
+    # The text goes straight to stdout (traces can be large); babeltrace2's
+    # own diagnostics are replaced by one line.
+    proc = subprocess.run(
+        [babeltrace, path], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
+    )
+    if proc.returncode != 0:
+        fail(f"babeltrace2 cannot read {path} (not an LTTng trace folder?)")
+
+
+def view(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if len(argv) != 1:
+        fail("usage: pyust view DIR")
+    show(trace_folder(argv[0]))
+    return 0
