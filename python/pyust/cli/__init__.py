@@ -17,18 +17,45 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from .common import USAGE, UsageError, fail, parse_target, run_traced
-from .record import record
-from .report import report
-from .top import top
-from .view import view
+from . import record, report, top, view
+from .common import UsageError, fail, parse_target, run_traced
+
+LAUNCHER = """\
+Trace a Python program into LTTng-UST (events python:call, python:return,
+python:c_call, python:c_return, python:exception).
+
+  pyust script.py ARGS       run the script traced; events go to the LTTng
+                             sessions that enable python:* (as `lttng
+                             create; lttng enable-event -u 'python:*';
+                             lttng start` sets up)
+  pyust -m module ARGS       the same for a module, as `python -m module`"""
+
+TAIL = """\
+  --                         ends pyust's options (a script named `record`)
+  -h, --help                 this help;  --version  pyust's version"""
+
+
+def usage() -> str:
+    """`pyust --help`: the launcher, then each subcommand's synopsis and
+    options, as their parsers declare them (`pyust CMD --help`: one)."""
+    parsers = [
+        (record.parser(), "pyust record ..."),
+        (top.parser(), "pyust top [SESSION]"),
+        (view.parser(), "pyust view DIR"),
+        (report.parser(), "pyust report DIR"),
+    ]
+    synopsis = ["usage: pyust [-m module | script.py] [args...]"]
+    synopsis += [f"       {p.usage}" for p, _ in parsers]
+    parts = ["\n".join(synopsis), LAUNCHER]
+    parts += [p.summary(name) for p, name in parsers]
+    return "\n".join(parts[:1]) + "\n\n" + "\n".join(parts[1:]) + "\n" + TAIL
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args and args[0] in ("-h", "--help"):
-            print(USAGE)
+            print(usage())
             return 0
         if args and args[0] == "--version":
             from .. import __version__
@@ -36,13 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"pyust {__version__}")
             return 0
         if args and args[0] == "record":
-            return record(args[1:])
+            return record.record(args[1:])
         if args and args[0] == "view":
-            return view(args[1:])
+            return view.view(args[1:])
         if args and args[0] == "report":
-            return report(args[1:])
+            return report.report(args[1:])
         if args and args[0] == "top":
-            return top(args[1:])
+            return top.top(args[1:])
         if args and args[0] == "--":
             args = args[1:]
         elif args and args[0].startswith("-") and not args[0].startswith("-m"):

@@ -13,13 +13,12 @@ import socket
 import subprocess
 import sys
 
+from .args import Parser
 from .children import Tracker
 from .common import (
     RECORD_ENV,
     SNAPSHOT_ENV,
-    USAGE,
     Target,
-    _option_value,
     _say,
     fail,
     human_size,
@@ -82,67 +81,156 @@ def _foreground_on_terminal() -> bool:
         return False
 
 
+def _mode(text: str) -> str:
+    if text not in MODES:
+        fail(f"--mode {text}: fast or readable")
+    return text
+
+
+def parser() -> Parser:
+    """`record`'s options (its part of `pyust --help`)."""
+    p = Parser(
+        "record",
+        "the same inside a session pyust creates, starts,\n"
+        "stops and destroys; prints the trace folder.\n"
+        "It records the program and the children it\n"
+        "forks, no other process",
+        "unknown option for record: {}",
+        "pyust record [-o DIR | --relay HOST[:PORT] [--live]] [--view]\n"
+        "                    [--all-processes] [--max-size SIZE]\n"
+        "                    [--mode fast|readable] [--no-c-calls]\n"
+        "                    [--flight-recorder [--buffer SIZE] [--snapshot-on EXC]]\n"
+        "                    [--subbuf-size SIZE] [--num-subbuf N]\n"
+        "                    [-m module | script.py] [args...]",
+    )
+    p.option(
+        "-o",
+        "--output",
+        metavar="DIR",
+        what="a folder",
+        help="where the trace goes (default: a new folder\nunder ./pyust-traces/)",
+    )
+    p.option("--view", action="store_true", help="also print the trace as text")
+    p.option(
+        "--relay",
+        metavar="HOST[:PORT]",
+        what="a host, or host:port",
+        type=parse_relay,
+        help="stream the trace to the LTTng relay daemon\n"
+        "(lttng-relayd) at HOST, control port PORT\n"
+        "(default 5342; data on PORT+1) instead of a\n"
+        "local folder; it lands in the relay's output\n"
+        "folder under <this host's name>/pyust/",
+    )
+    p.option(
+        "--live",
+        action="store_true",
+        help="with --relay: a live session, which `babeltrace2\n"
+        "--input-format=lttng-live` (and live viewers)\n"
+        "read while the program runs; flushed every\n"
+        "second, so a relay lost during the run keeps\n"
+        "a readable copy up to then",
+    )
+    p.option(
+        "--mode",
+        metavar="MODE",
+        what="fast or readable",
+        type=_mode,
+        default=DEFAULT_MODE,
+        help="readable (default): the python:* events, one\n"
+        "LTTng event each, strings in every event;\n"
+        "fast: the same events packed 8 bytes each per\n"
+        "thread and committed in batches\n"
+        "(python_fast:*), names once per id; `pyust\n"
+        "view` and `report` read both",
+    )
+    p.option("--no-c-calls", action="store_true", help="Python frames and exceptions only")
+    p.option(
+        "--all-processes",
+        action="store_true",
+        help="also record every other process that emits\n"
+        "python:* events meanwhile (programs that call\n"
+        "pyust.enable(), other `pyust` runs)",
+    )
+    p.option(
+        "--max-size",
+        metavar="SIZE",
+        what="a size (e.g. 500M, 2G; 0: no limit)",
+        type=parse_max_size,
+        help="at most SIZE of trace on disk (default: 2G;\n"
+        "0: no limit): past it the oldest data goes, the\n"
+        "newest is kept, and record says how much went\n"
+        "(per user the program runs as)",
+    )
+    p.option(
+        "--flight-recorder",
+        action="store_true",
+        help="keep the trace in memory only (ring buffers\n"
+        "that overwrite the oldest data) and write a\n"
+        "snapshot of the last --buffer of activity at\n"
+        "exit, and whenever record or the program gets\n"
+        "SIGUSR1; each snapshot is a trace folder under\n"
+        "the output folder",
+    )
+    p.option(
+        "--buffer",
+        metavar="SIZE",
+        what="a size (e.g. 64M)",
+        type=parse_max_size,
+        help="memory for the flight recorder, over all CPUs\n"
+        "(default: 64M, less when /dev/shm is small)",
+    )
+    p.option(
+        "--snapshot-on",
+        metavar="EXC",
+        what="an exception type (e.g. ValueError)",
+        type=parse_exception_type,
+        action="append",
+        default=[],
+        help="also snapshot the first time each process of\n"
+        "the program raises the exception type EXC (as\n"
+        "python:exception names it: ValueError,\n"
+        "json.decoder.JSONDecodeError; `*` matches any\n"
+        "text); may be repeated",
+    )
+    p.option(
+        "--subbuf-size",
+        metavar="SIZE",
+        type=parse_size,
+        help="ring-buffer sub-buffer size per CPU (default:\n"
+        "4M, less when /dev/shm is small or --max-size\n"
+        "needs it)",
+    )
+    p.option(
+        "--num-subbuf",
+        metavar="N",
+        type=parse_count,
+        default=NUM_SUBBUF,
+        help="sub-buffers per CPU (default: 8)",
+    )
+    return p
+
+
 def record(argv: list[str]) -> int:
-    output: str | None = None
-    view = False
-    subbuf: int | None = None
-    num_subbuf = NUM_SUBBUF
-    all_processes = False
-    max_size: int | None = None
-    flight = False
-    buffer: int | None = None
-    exc_types: list[str] = []
-    mode = DEFAULT_MODE
-    c_calls = True
-    relay: tuple[str, int | None] | None = None
-    live = False
-    while argv:
-        arg = argv[0]
-        name = arg.partition("=")[0] if arg.startswith("--") else arg
-        if name in ("-o", "--output"):
-            output, argv = _option_value(argv, "a folder")
-        elif arg == "--view":
-            view, argv = True, argv[1:]
-        elif name == "--relay":
-            value, argv = _option_value(argv, "a host, or host:port")
-            relay = parse_relay(value)
-        elif arg == "--live":
-            live, argv = True, argv[1:]
-        elif arg == "--all-processes":
-            all_processes, argv = True, argv[1:]
-        elif name == "--max-size":
-            value, argv = _option_value(argv, "a size (e.g. 500M, 2G; 0: no limit)")
-            max_size = parse_max_size(value)
-        elif arg == "--flight-recorder":
-            flight, argv = True, argv[1:]
-        elif name == "--mode":
-            mode, argv = _option_value(argv, "fast or readable")
-            if mode not in MODES:
-                fail(f"--mode {mode}: fast or readable")
-        elif arg == "--no-c-calls":
-            c_calls, argv = False, argv[1:]
-        elif name == "--buffer":
-            value, argv = _option_value(argv, "a size (e.g. 64M)")
-            buffer = parse_max_size(value)
-        elif name == "--snapshot-on":
-            value, argv = _option_value(argv, "an exception type (e.g. ValueError)")
-            exc_types.append(parse_exception_type(value))
-        elif name == "--subbuf-size":
-            value, argv = _option_value(argv, "a value")
-            subbuf = parse_size(value)
-        elif name == "--num-subbuf":
-            value, argv = _option_value(argv, "a value")
-            num_subbuf = parse_count(value)
-        elif arg == "--":
-            argv = argv[1:]
-            break
-        elif arg in ("-h", "--help"):
-            print(USAGE)
-            return 0
-        elif arg.startswith("-") and not arg.startswith("-m"):
-            fail(f"unknown option for record: {arg}")
-        else:
-            break
+    p = parser()
+    options, argv = p.split_at_target(argv)
+    args = p.parse(options)
+    if args.help:
+        print(p.format_help(), end="")
+        return 0
+    output: str | None = args.output
+    view: bool = args.view
+    subbuf: int | None = args.subbuf_size
+    num_subbuf: int = args.num_subbuf
+    all_processes: bool = args.all_processes
+    max_size: int | None = args.max_size
+    flight: bool = args.flight_recorder
+    buffer: int | None = args.buffer
+    exc_types: list[str] = args.snapshot_on
+    mode: str = args.mode
+    c_calls = not args.no_c_calls
+    relay: tuple[str, int | None] | None = args.relay
+    live: bool = args.live
     if live and relay is None:
         fail("--live needs --relay: a live session streams to a relay daemon")
     if relay is not None:

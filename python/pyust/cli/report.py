@@ -4,10 +4,12 @@ and timelines of a trace.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
-from .common import USAGE, _int_option, fail, parse_duration, trace_folder
+from .args import Parser
+from .common import _int_option, fail, parse_duration, trace_folder
 
 # `pyust report`
 
@@ -16,39 +18,73 @@ REPORT_OUTPUTS = ("--flamegraph", "--folded", "--perfetto", "--perfetto-json")
 TIMELINE_LIMITS = ("--min-duration", "--from", "--to", "--max-slices")
 
 
+def parser() -> Parser:
+    """`report`'s options (its part of `pyust --help`)."""
+    p = Parser(
+        "report",
+        "where the time went: calls, self (tottime) and\n"
+        "total (cumtime) time per function, over all\n"
+        "processes and threads of the trace (of every\n"
+        "host, in a relay's output folder: the table\n"
+        "lists each host's processes, and the flame\n"
+        "graph and timelines name them host/process)",
+        "unknown report option: {} (see pyust --help)",
+        "pyust report DIR [--sort tottime|cumtime|calls] [--limit N]\n"
+        "                        [--pid P] [--tid T] [--host H] [--flamegraph out.svg]\n"
+        "                        [--folded out.txt] [--perfetto out.pftrace]\n"
+        "                        [--perfetto-json out.json] [--min-duration D]\n"
+        "                        [--from T] [--to T] [--max-slices N]",
+    )
+    p.add_argument("dir", nargs="*", metavar="DIR", help=argparse.SUPPRESS)
+    for name, metavar, text in (
+        ("--sort", "KEY", "tottime (default), cumtime or calls"),
+        ("--limit", "N", "rows shown (default 30; 0: all)"),
+        ("--pid", "P", "only this process"),
+        ("--tid", "T", "only this thread"),
+        ("--host", "H", "only host H's processes"),
+        ("--flamegraph", "SVG", "write an interactive flame graph"),
+        ("--folded", "TXT", "write folded stacks (process;thread;frames ns)"),
+        (
+            "--perfetto",
+            "FILE",
+            "write a timeline for ui.perfetto.dev in\n"
+            "Perfetto's protobuf format (one track per\n"
+            "thread; several times smaller than JSON)",
+        ),
+        (
+            "--perfetto-json",
+            "FILE",
+            "the timeline as trace-event JSON (also for\nchrome://tracing)",
+        ),
+        (
+            "--min-duration",
+            "D",
+            "timelines leave out slices shorter than D\n(e.g. 100us, 1ms)",
+        ),
+        ("--from", "T", "only the slices after T, from the first\nevent (e.g. 2.5s)"),
+        ("--to", "T", "only the slices before T"),
+        (
+            "--max-slices",
+            "N",
+            "at most N slices. The table says what each\nof these left out",
+        ),
+    ):
+        p.option(name, metavar=metavar, help=text)
+    return p
+
+
 def report(argv: list[str]) -> int:
-    if argv and argv[0] in ("-h", "--help"):
-        print(USAGE)
+    p = parser()
+    args = p.parse(argv)
+    if args.help:
+        print(p.format_help(), end="")
         return 0
     options: dict[str, str] = {}
-    paths: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            paths.extend(argv[i + 1 :])
-            break
-        if arg.startswith("--"):
-            name, eq, value = arg.partition("=")
-            if name not in (
-                "--sort",
-                "--limit",
-                "--pid",
-                "--tid",
-                "--host",
-                *REPORT_OUTPUTS,
-                *TIMELINE_LIMITS,
-            ):
-                fail(f"unknown report option: {name} (see pyust --help)")
-            if not eq:
-                i += 1
-                if i == len(argv):
-                    fail(f"{name} needs a value")
-                value = argv[i]
-            options[name] = value
-        else:
-            paths.append(arg)
-        i += 1
+    for action in p._actions:
+        value = getattr(args, action.dest)
+        if action.option_strings and action.dest != "help" and value is not None:
+            options[action.option_strings[0]] = value
+    paths: list[str] = args.dir + getattr(args, "extras", [])
     if len(paths) != 1:
         fail("usage: pyust report DIR [options] (see pyust --help)")
     path = trace_folder(paths[0])

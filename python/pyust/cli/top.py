@@ -6,48 +6,92 @@ import signal
 import socket
 import sys
 
-from .common import USAGE, _int_option, _option_value, fail
+from .args import Parser
+from .common import _int_option, fail
 from .lttng import RELAY_PORT, parse_relay, relay_address, relay_host
+
+
+def _interval(text: str) -> float:
+    try:
+        interval = float(text)
+    except ValueError:
+        interval = -1.0
+    if not 0.1 <= interval <= 3600:
+        fail(f"--interval {text}: seconds, from 0.1 to 3600")
+    return interval
+
+
+def parser() -> Parser:
+    """`top`'s options (its part of `pyust --help`)."""
+    p = Parser(
+        "top",
+        "a live table of the hottest functions of live\n"
+        "sessions (`record --relay HOST --live`): self\n"
+        "time and calls per function, host and process,\n"
+        "over the last interval and since attached, and\n"
+        "what each process runs now; until the sessions\n"
+        "end, or Ctrl-C",
+        "unknown option for top: {} (see pyust --help)",
+        "pyust top [--relay HOST[:PORT]] [--once] [--interval S] [--limit N]\n"
+        "                 [SESSION]",
+    )
+    p.add_argument(
+        "session",
+        nargs="*",
+        metavar="SESSION",
+        help="a session name, HOST/NAME, or a pattern (`*`,\n"
+        "`*-app` for every host's run of app.py) for\n"
+        "several, read together; without it: the relay's\n"
+        "only live session, or the list of them",
+    )
+    p.option(
+        "--relay",
+        metavar="HOST[:PORT]",
+        what="a host, or host:port",
+        type=parse_relay,
+        default=("localhost", None),
+        help="the relay daemon (default localhost; control\n"
+        "port PORT, default 5342; it serves live\n"
+        "viewers on PORT+2)",
+    )
+    p.option(
+        "--interval",
+        metavar="S",
+        what="seconds (e.g. 1, 0.5)",
+        type=_interval,
+        help="seconds between tables (default 1); with it, or\n"
+        "when stdout is not a terminal, tables follow\n"
+        "one another as plain text",
+    )
+    p.option(
+        "--once",
+        action="store_true",
+        help="print one table (of the first interval that\nsaw events) and exit",
+    )
+    p.option(
+        "--limit",
+        metavar="N",
+        what="a number of rows",
+        type=lambda v: _int_option("--limit", v),
+        default=20,
+        help="function rows per table (default 20; 0: all)",
+    )
+    return p
 
 
 def top(argv: list[str]) -> int:
     import fnmatch
 
-    relay: tuple[str, int | None] = ("localhost", None)
-    once = False
-    interval: float | None = None
-    limit = 20
-    patterns: list[str] = []
-    while argv:
-        arg = argv[0]
-        name = arg.partition("=")[0] if arg.startswith("--") else arg
-        if arg in ("-h", "--help"):
-            print(USAGE)
-            return 0
-        if name == "--relay":
-            value, argv = _option_value(argv, "a host, or host:port")
-            relay = parse_relay(value)
-        elif arg == "--once":
-            once, argv = True, argv[1:]
-        elif name == "--interval":
-            value, argv = _option_value(argv, "seconds (e.g. 1, 0.5)")
-            try:
-                interval = float(value)
-            except ValueError:
-                interval = -1.0
-            if not 0.1 <= interval <= 3600:
-                fail(f"--interval {value}: seconds, from 0.1 to 3600")
-        elif name == "--limit":
-            value, argv = _option_value(argv, "a number of rows")
-            limit = _int_option("--limit", value)
-        elif arg == "--":
-            patterns.extend(argv[1:])
-            break
-        elif arg.startswith("-"):
-            fail(f"unknown option for top: {arg} (see pyust --help)")
-        else:
-            patterns.append(arg)
-            argv = argv[1:]
+    p = parser()
+    args = p.parse(argv)
+    if args.help:
+        print(p.format_help(), end="")
+        return 0
+    relay: tuple[str, int | None] = args.relay
+    once: bool = args.once
+    interval: float | None = args.interval
+    limit: int = args.limit
+    patterns: list[str] = args.session + getattr(args, "extras", [])
     if len(patterns) > 1:
         fail("top takes one SESSION (a pattern matches several: '*-app')")
     live_port = (relay[1] or RELAY_PORT) + 2

@@ -4,11 +4,13 @@ reader for the fast mode's batches).
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
 
-from .common import USAGE, fail, trace_folder
+from .args import Parser
+from .common import fail, trace_folder
 
 # `pyust view`
 
@@ -57,13 +59,23 @@ def show(path: str) -> None:
         fail(f"babeltrace2 cannot read {path} (not an LTTng trace folder?)")
 
 
+def parser() -> Parser:
+    """`view`'s command line (its part of `pyust --help`)."""
+    p = Parser(
+        "view", "print a trace folder as text", "unknown option for view: {}", "pyust view DIR"
+    )
+    p.add_argument("dir", nargs="*", metavar="DIR", help=argparse.SUPPRESS)
+    return p
+
+
 def view(argv: list[str]) -> int:
-    if argv and argv[0] in ("-h", "--help"):
-        print(USAGE)
+    p = parser()
+    args = p.parse(argv)
+    if args.help:
+        print(p.format_help(), end="")
         return 0
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    if len(argv) != 1:
+    paths: list[str] = args.dir + getattr(args, "extras", [])
+    if len(paths) != 1:
         fail("usage: pyust view DIR")
-    show(trace_folder(argv[0]))
+    show(trace_folder(paths[0]))
     return 0
