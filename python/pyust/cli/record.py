@@ -21,7 +21,6 @@ from .common import (
     Target,
     _say,
     fail,
-    human_size,
     parse_count,
     parse_exception_type,
     parse_max_size,
@@ -31,22 +30,13 @@ from .common import (
 from .diskwatch import DiskWatch
 from .flight import FlightRecorder
 from .lttng import (
-    CHANNEL,
     DEFAULT_MAX_SIZE,
     DEFAULT_MODE,
-    DEFS_CHANNEL,
-    DEFS_NUM_SUBBUF,
-    DEFS_SUBBUF,
     MODES,
     NUM_SUBBUF,
     RELAY_PORT,
     TRACEFILES_PER_STREAM,
-    _check,
     _lttng,
-    _lttng_error,
-    _run_lttng,
-    discarded_events,
-    dropped_data,
     ensure_session_daemon,
     flight_buffer,
     parse_relay,
@@ -57,8 +47,9 @@ from .lttng import (
     relay_url,
     size_limits,
     subbuf_size,
-    trace_format,
 )
+from .session import Session
+from .signals import StopSignals
 from .view import show
 
 
@@ -248,6 +239,7 @@ def record(argv: list[str]) -> int:
     if flight and subbuf is not None:
         fail("--subbuf-size does not go with --flight-recorder: --buffer sets it")
     limits: list[str] = []
+    tracefile = 0
     channel_subbuf = subbuf or subbuf_size()
     if flight:
         channel_subbuf = flight_buffer(buffer, num_subbuf)
@@ -283,132 +275,37 @@ def record(argv: list[str]) -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
     # The script's name last: `pyust top` picks sessions by pattern
     # (`*-app` attaches to every host's run of app.py).
-    session = f"pyust-{os.getpid()}-{stamp}-{re.sub(r'[^A-Za-z0-9_.-]', '_', target.label)[:48]}"
+    name = f"pyust-{os.getpid()}-{stamp}-{re.sub(r'[^A-Za-z0-9_.-]', '_', target.label)[:48]}"
+    session = Session(lttng, name, relay)
 
-    created = False
     status = 1
-    # Signals that stop a recording: Ctrl-C (SIGINT), SIGTERM, and SIGHUP
-    # when the terminal goes away. This process catches them (a caught
-    # signal is reset to its default in the child at exec, an ignored one
-    # would stay ignored there), passes them on to the traced child and,
-    # once the child has ended, always tears the session down. On a
-    # terminal, Ctrl-C reaches the child directly (same process group), so
-    # SIGINT is not passed on there: the child would be interrupted twice.
-    # Elsewhere (a container's init, a pipeline) the child gets a session
-    # of its own and every signal reaches it through this process.
     on_terminal = _foreground_on_terminal()
-    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old_handlers = {sig: signal.getsignal(sig) for sig in stop_signals}
-    received: list[int] = []
-    child: subprocess.Popen[bytes] | None = None
+    signals = StopSignals(on_terminal)
     tracker: Tracker | None = None
     recorder: FlightRecorder | None = None
     watch: DiskWatch | None = None
-    old_usr1 = signal.getsignal(signal.SIGUSR1)
-
-    def on_stop_signal(signum: int, _frame: object) -> None:
-        received.append(signum)
-        if on_terminal and signum == signal.SIGINT:
-            return
-        if child is not None and child.poll() is None:
-            child.send_signal(signum)
-
-    for sig in stop_signals:
-        signal.signal(sig, on_stop_signal)
     try:
         if flight:
             try:
                 os.makedirs(output, exist_ok=True)
             except OSError as exc:
                 fail(f"cannot make the output folder {output}: {exc.strerror}")
-            recorder = FlightRecorder(lttng, session, output, exc_types, mode)
-            _check(
-                _run_lttng(
-                    lttng, "create", session, "--snapshot", "--no-output", *trace_format(lttng)
-                ),
-                "create",
-            )
-            created = True
-            _check(
-                _run_lttng(
-                    lttng,
-                    "snapshot",
-                    "add-output",
-                    f"--session={session}",
-                    f"--name={recorder.output_name}",
-                    output,
-                ),
-                "snapshot add-output",
+            recorder = FlightRecorder(lttng, name, output, exc_types, mode)
+            session.create("--snapshot", "--no-output")
+            session.run(
+                "snapshot",
+                "add-output",
+                f"--session={name}",
+                f"--name={recorder.output_name}",
+                output,
+                what="snapshot add-output",
             )
             signal.signal(signal.SIGUSR1, lambda _signum, _frame: recorder.request())
         elif relay is not None:
-            _check(
-                _run_lttng(
-                    lttng,
-                    "create",
-                    session,
-                    f"--set-url={relay_url(relay, output)}",
-                    *(["--live"] if live else []),
-                    *trace_format(lttng),
-                ),
-                "create",
-            )
-            created = True
+            session.create(f"--set-url={relay_url(relay, output)}", *(["--live"] if live else []))
         else:
-            _check(
-                _run_lttng(lttng, "create", session, f"--output={output}", *trace_format(lttng)),
-                "create",
-            )
-            created = True
-
-        def add_channel(name: str, subbuf: int, count: int, sizes: list[str], events: str) -> None:
-            """A channel of the session, its events, and the contexts
-            `report` tells processes and threads apart by."""
-            for command, *args in (
-                (
-                    "enable-channel",
-                    f"--subbuf-size={subbuf}",
-                    f"--num-subbuf={count}",
-                    *sizes,
-                    name,
-                ),
-                ("enable-event", f"--channel={name}", events),
-                (
-                    "add-context",
-                    f"--channel={name}",
-                    "--type=vpid",
-                    "--type=vtid",
-                    "--type=procname",
-                ),
-            ):
-                proc = _run_lttng(lttng, command, "--userspace", f"--session={session}", *args)
-                if proc.returncode != 0 and relay is not None and command == "enable-channel":
-                    # The session daemon reaches the relay at the first
-                    # channel, before the program runs (a client of
-                    # LTTng 2.16 may die of SIGPIPE there).
-                    where = relay_address(relay)
-                    fail(f"no relay daemon answers at {where} ({_lttng_error(proc)})")
-                _check(proc, command)
-
-        if mode == "fast":
-            events = ["python_fast:batch"]
-            if c_calls:
-                events.append("python_fast:c_calls")
-            if exc_types:
-                events.append("python_fast:exception")
-            defs_limits = []
-            if limits:
-                defs_size = max(tracefile // 8, DEFS_SUBBUF)
-                defs_limits = [
-                    f"--tracefile-size={defs_size}",
-                    f"--tracefile-count={TRACEFILES_PER_STREAM}",
-                ]
-            add_channel(DEFS_CHANNEL, DEFS_SUBBUF, DEFS_NUM_SUBBUF, defs_limits, "python_fast:def")
-        elif c_calls:
-            events = ["python:*"]
-        else:
-            events = ["python:call", "python:return", "python:exception"]
-        add_channel(CHANNEL, channel_subbuf, num_subbuf, limits, ",".join(events))
+            session.create(f"--output={output}")
+        session.enable(mode, c_calls, exc_types, channel_subbuf, num_subbuf, limits, tracefile)
         env = dict(os.environ)
         if recorder is not None:
             # SIGUSR1 to the program comes here (see run_traced).
@@ -417,46 +314,38 @@ def record(argv: list[str]) -> int:
                 recorder.watch(None)
         if not all_processes:
             # No process is recorded until the tracker lets it in.
-            _check(
-                _run_lttng(
-                    lttng, "untrack", "--userspace", f"--session={session}", "--all", "--vpid"
-                ),
-                "untrack",
-            )
+            session.run("untrack", "--userspace", f"--session={name}", "--all", "--vpid")
             try:
-                tracker = Tracker(lttng, session, recorder.watch if recorder else None)
+                tracker = Tracker(lttng, name, recorder.watch if recorder else None)
             except OSError as exc:
                 fail(f"cannot make record's control socket: {exc}")
             env[RECORD_ENV] = tracker.path
-        _check(_run_lttng(lttng, "start", session), "start")
+        session.run("start", name)
         if relay is not None and live:
             live_port = (relay[1] or RELAY_PORT) + 2  # lttng-relayd's live port: 5344
             _say(
                 "pyust: live: babeltrace2 --input-format=lttng-live "
-                f"net://{relay_host(relay)}:{live_port}/host/{socket.gethostname()}/{session}"
+                f"net://{relay_host(relay)}:{live_port}/host/{socket.gethostname()}/{name}"
             )
         if recorder is not None:
             recorder.start()
         elif relay is None:
             # Room for every ring buffer's flush, and the metadata.
             ring = possible_cpus() * num_subbuf * channel_subbuf
-            watch = DiskWatch(lttng, session, output, ring + (16 << 20))
-        if received:  # stopped while the session was being set up
-            status = 128 + received[0]
+            watch = DiskWatch(lttng, name, output, ring + (16 << 20))
+        if signals.received:  # stopped while the session was being set up
+            status = 128 + signals.received[0]
         else:
-            child = subprocess.Popen(
+            signals.child = subprocess.Popen(
                 [sys.executable, "-m", "pyust", "--", *target.argv],
                 start_new_session=not on_terminal,
                 env=env,
             )
-            status = child.wait()
+            status = signals.child.wait()
             if status < 0:
                 status = 128 - status
     finally:
-        # A second Ctrl-C (or the hangup that follows a closed terminal)
-        # must not leave the session behind.
-        for sig in stop_signals:
-            signal.signal(sig, signal.SIG_IGN)
+        signals.ignore()
         if recorder is not None:
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
             recorder.close()
@@ -466,38 +355,9 @@ def record(argv: list[str]) -> int:
             tracker.close()
             if tracker.refused:
                 _say(f"pyust: {tracker.refused} process(es) of the program could not be recorded")
-        if created:
-            _run_lttng(lttng, "stop", session)
-            lost = discarded_events(lttng, session) if recorder is None else 0
-            if recorder is not None:
-                problem = recorder.snapshot("exit")
-                if problem:
-                    _say(f"pyust: no snapshot at exit: {problem}")
-            _run_lttng(lttng, "destroy", session)
-            if lost:
-                _say(f"pyust: LTTng discarded {lost} events (ring buffers full)")
-            if watch is not None and watch.free() == 0:
-                _say(
-                    f"pyust: the disk holding {output} filled up during the run: the "
-                    "trace may be cut short or unreadable; the program ran on"
-                )
-            elif watch is not None and watch.stopped_at is not None:
-                _say(
-                    f"pyust: the disk holding {output} was almost full "
-                    f"({human_size(watch.free_then)} free): recording stopped "
-                    f"{watch.stopped_at:.1f} s into the run; the program ran on untraced"
-                )
-            if max_size and relay is None:
-                gone, gone_bytes, kept = dropped_data(output)
-                if gone:
-                    _say(
-                        f"pyust: --max-size {human_size(max_size)}: the oldest {gone} "
-                        f"packet(s) of the trace (about {human_size(gone_bytes)}) were "
-                        f"dropped; the newest {human_size(kept)} are kept"
-                    )
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-        signal.signal(signal.SIGUSR1, old_usr1)
+        session.finish(recorder, watch, max_size, output)
+        signals.restore()
+    received = signals.received
     if relay is not None:
         where = relay_address(relay)
         if relay_problem(relay):
