@@ -159,8 +159,57 @@ def test_unreadable_trace_folder(tmp_path: Path) -> None:
     empty.mkdir()
     proc = run_python("-m", "pyust", "view", str(empty))
     assert proc.returncode == 2
+    assert proc.stderr == f"pyust: {empty}: no CTF trace there (no metadata file)\n"
+    # A folder that holds something babeltrace2 cannot read.
+    (empty / "metadata").write_text("/* CTF 1.8 */ not TSDL\n")
+    proc = run_python("-m", "pyust", "view", str(empty))
+    assert proc.returncode == 2
     assert proc.stderr.startswith(f"pyust: babeltrace2 cannot read {empty}")
     assert len(proc.stderr.splitlines()) == 1
+
+
+def test_record_refuses_an_empty_output_name(tmp_path: Path) -> None:
+    """`-o ""` is no folder (it used to mean the default one)."""
+    proc = run_python("-m", "pyust", "record", "-o", "", str(SCENARIOS / "foo.py"), cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == "pyust: --output needs a folder (an empty name names none)\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_record_of_a_missing_module_writes_no_trace(tmp_path: Path) -> None:
+    """A module that is not there: one line, before any session or folder
+    (it used to say "trace written to" a folder without a trace)."""
+    proc = run_python("-m", "pyust", "record", "-m", "no_such_module_xyz.sub", cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == (
+        "pyust: cannot run module 'no_such_module_xyz.sub': No module named 'no_such_module_xyz'\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+    assert pyust_sessions() == []
+
+
+def test_view_into_a_closed_pipe_is_not_a_bad_trace(sessiond: None, tmp_path: Path) -> None:
+    """`pyust view DIR | head -1`: the reader leaves early; view stops
+    without calling the trace unreadable."""
+    script = write_script(
+        tmp_path, "many.py", "def f(n):\n    return n if n < 2 else f(n - 1) + f(n - 2)\nf(17)\n"
+    )
+    out_dir = tmp_path / "t"
+    proc = run_python("-m", "pyust", "record", "-o", str(out_dir), str(script))
+    assert proc.returncode == 0, proc.stderr
+    view = subprocess.Popen(
+        [sys.executable, "-m", "pyust", "view", str(out_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert view.stdout is not None and view.stderr is not None
+    first = view.stdout.readline()
+    view.stdout.close()
+    status = view.wait(timeout=60)
+    assert "python:call" in first
+    assert view.stderr.read() == ""
+    assert status == 1
 
 
 def test_console_script_and_help() -> None:

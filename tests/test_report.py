@@ -4,6 +4,7 @@ from traces recorded here, with a live session daemon."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -331,7 +332,7 @@ def test_other_providers_and_several_processes(sessiond: None, tmp_path: Path) -
     ("args", "status", "message"),
     [
         ([], 2, "pyust: usage: pyust report DIR"),
-        (["{empty}"], 1, "pyust: {empty}: no CTF trace there"),
+        (["{empty}"], 2, "pyust: {empty}: no CTF trace there (no metadata file)"),
         (["{missing}"], 2, "pyust: {missing} is not a trace folder"),
         (["{empty}", "--sort", "name"], 2, "pyust: --sort is tottime, cumtime or calls"),
         (["{empty}", "--limit", "x"], 2, "pyust: --limit needs a whole number"),
@@ -351,6 +352,19 @@ def test_report_bad_input(tmp_path: Path, args: list[str], status: int, message:
     assert proc.stderr.startswith(message.format(**subst)), proc.stderr
     assert len(proc.stderr.splitlines()) == 1
     assert proc.stdout == ""
+
+
+def test_report_reader_must_be_known(tmp_path: Path) -> None:
+    """An unknown PYUST_REPORT_READER is bad input, not silently ignored."""
+    proc = run_python(
+        "-m",
+        "pyust",
+        "report",
+        str(tmp_path),
+        env={**os.environ, "PYUST_REPORT_READER": "babeltrace"},
+    )
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == ("pyust: PYUST_REPORT_READER is pyust or babeltrace2, not 'babeltrace'\n")
 
 
 def test_report_on_a_damaged_trace(sessiond: None, tmp_path: Path) -> None:

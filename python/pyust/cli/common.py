@@ -218,17 +218,6 @@ def parse_count(text: str) -> int:
     return int(text)
 
 
-def _option_value(argv: list[str], what: str) -> tuple[str, list[str]]:
-    """The value of the option argv[0] (``--opt VALUE`` or ``--opt=VALUE``)
-    and the arguments after it."""
-    name, eq, value = argv[0].partition("=")
-    if eq:
-        return value, argv[1:]
-    if len(argv) < 2:
-        fail(f"{name} needs {what}")
-    return argv[1], argv[2:]
-
-
 def _say(line: str) -> None:
     """One line on stderr, which may be a terminal that has gone away."""
     try:
@@ -249,6 +238,22 @@ def trace_folder(path: str) -> str:
     if not os.access(path, os.R_OK | os.X_OK):
         fail(f"cannot read {path}")
     return path
+
+
+READERS = ("pyust", "babeltrace2")
+
+
+def require_trace(path: str) -> None:
+    """That the folder `path` holds a trace (a `metadata` file somewhere
+    under it) and PYUST_REPORT_READER, when set, is one of `READERS`; else
+    one line and status 2."""
+    reader = os.environ.get("PYUST_REPORT_READER", "")
+    if reader and reader not in READERS:
+        fail(f"PYUST_REPORT_READER is {' or '.join(READERS)}, not {reader!r}")
+    for _root, _dirs, files in os.walk(path):
+        if "metadata" in files:
+            return
+    fail(f"{path}: no CTF trace there (no metadata file)")
 
 
 def _int_option(name: str, value: str) -> int:

@@ -5,6 +5,7 @@ run and torn down whatever the program does.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import re
 import shutil
@@ -249,9 +250,16 @@ def record(argv: list[str]) -> int:
         if max_size:
             channel_subbuf, tracefile = size_limits(max_size, subbuf)
             limits = [f"--tracefile-size={tracefile}", f"--tracefile-count={TRACEFILES_PER_STREAM}"]
+    if output == "":
+        fail("--output needs a folder (an empty name names none)")
     target = parse_target(argv)
     if target.script is not None and not os.path.isfile(target.script):
         fail(f"cannot open script {target.script!r}: no such file")
+    if target.module is not None:
+        # Only the top-level name: finding a submodule imports its package.
+        top = target.module.partition(".")[0]
+        if top and importlib.util.find_spec(top) is None:
+            fail(f"cannot run module {target.module!r}: No module named {top!r}")
     from .. import _pyust
 
     if _pyust._no_tracing:  # LTTng-UST is not installed

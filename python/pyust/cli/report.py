@@ -9,7 +9,7 @@ import os
 import sys
 
 from .args import Parser
-from .common import _int_option, fail, parse_duration, trace_folder
+from .common import _int_option, fail, parse_duration, require_trace, trace_folder
 
 # `pyust report`
 
@@ -117,6 +117,7 @@ def report(argv: list[str]) -> int:
                 limits[key] = parse_duration(name, options[name])
     if "start" in limits and "end" in limits and limits["end"] <= limits["start"]:
         fail("--to must come after --from")
+    require_trace(path)
     from .. import _pyust
 
     try:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 
 from .args import Parser
-from .common import fail, trace_folder
+from .common import fail, require_trace, trace_folder
 
 # `pyust view`
 
@@ -55,6 +56,10 @@ def show(path: str) -> None:
     proc = subprocess.run(
         [babeltrace, path], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
     )
+    if proc.returncode == -signal.SIGPIPE:
+        # The reader of our output went away (`pyust view DIR | head`): not
+        # a bad trace.
+        raise BrokenPipeError
     if proc.returncode != 0:
         fail(f"babeltrace2 cannot read {path} (not an LTTng trace folder?)")
 
@@ -77,5 +82,7 @@ def view(argv: list[str]) -> int:
     paths: list[str] = args.dir + getattr(args, "extras", [])
     if len(paths) != 1:
         fail("usage: pyust view DIR")
-    show(trace_folder(paths[0]))
+    path = trace_folder(paths[0])
+    require_trace(path)
+    show(path)
     return 0
