@@ -141,12 +141,16 @@ fn sync(py: Python<'_>) -> PyResult<()> {
             fast::new_epoch();
         }
         SHAPE.store(want, Ordering::SeqCst);
-        ARMED.store(true, Ordering::SeqCst);
-        backend::arm(py, want).inspect_err(|_| {
-            ARMED.store(false, Ordering::SeqCst);
-            SHAPE.store(0, Ordering::SeqCst);
-            let _ = backend::disarm(py);
-        })
+        // ARMED once the callbacks are in place, not before: on a
+        // free-threaded build the program runs while this thread arms,
+        // and `_armed()` must not say so before events can come.
+        backend::arm(py, want)
+            .map(|()| ARMED.store(true, Ordering::SeqCst))
+            .inspect_err(|_| {
+                ARMED.store(false, Ordering::SeqCst);
+                SHAPE.store(0, Ordering::SeqCst);
+                let _ = backend::disarm(py);
+            })
     } else {
         ARMED.store(false, Ordering::SeqCst);
         SHAPE.store(0, Ordering::SeqCst);
