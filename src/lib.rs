@@ -103,6 +103,12 @@ fn _join_record(py: Python<'_>, path: std::path::PathBuf) {
     control::join_record(py, path)
 }
 
+/// `pyust attach`'s detach: the process leaves the recording.
+#[pyfunction]
+fn _leave_record() {
+    control::leave_record()
+}
+
 /// Under `pyust record --flight-recorder`: SIGUSR1 sent to this process
 /// goes on to record (`pid`), which takes a snapshot.
 #[pyfunction]
@@ -131,8 +137,8 @@ fn _before_fork() {
 }
 
 #[pyfunction]
-fn _after_fork_parent() {
-    control::after_fork_parent()
+fn _after_fork_parent(py: Python<'_>) {
+    control::after_fork_parent(py)
 }
 
 #[pyfunction]
@@ -468,9 +474,24 @@ fn _top(
 // names as immutable entries), the C-function cache is behind a read
 // lock held while no Python code runs, and arming is serialized by a lock
 // that detaches while it waits. A free-threaded CPython keeps its GIL off.
+/// `os._exit` while pyust is imported (see `control::guard_exit`).
+#[pyfunction]
+#[pyo3(name = "_exit", signature = (*args, **kwargs))]
+fn exit_committing(
+    py: Python<'_>,
+    args: &Bound<'_, pyo3::types::PyTuple>,
+    kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+) -> PyResult<Py<PyAny>> {
+    control::commit_and_exit(py, args, kwargs)
+}
+
 #[pymodule(gil_used = false)]
 fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     control::init(m.py());
+    // Bound to `posix`, as the original: a C call of pyust's own module
+    // would not be traced.
+    let posix = m.py().import("posix")?;
+    control::guard_exit(m.py(), wrap_pyfunction!(exit_committing, &posix)?.as_any())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // Number of tracepoints defined (9); also keeps them linked.
     m.add("_tracepoints", ffi::lttng::tracepoint_count())?;
@@ -484,6 +505,7 @@ fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(_thread_start, m)?)?;
     m.add_function(wrap_pyfunction!(_join_record, m)?)?;
+    m.add_function(wrap_pyfunction!(_leave_record, m)?)?;
     m.add_function(wrap_pyfunction!(_forward_snapshot_signal, m)?)?;
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;

@@ -176,10 +176,14 @@ def test_snapshot_on_an_exception_once_per_process(sessiond: None, tmp_path: Pat
                 other()
             except KeyError:
                 pass
-            # A process that is not the program's raises it too: no snapshot.
+            # A process that is not the program's (started without record's
+            # variables, as from elsewhere) raises it too: no snapshot.
+            ours = ("PYUST_RECORD", "PYTHONPATH")
+            outside = {k: v for k, v in os.environ.items() if k not in ours}
             subprocess.run(
                 [sys.executable, "-c", "import pyust; pyust.enable(); int('x')"],
                 capture_output=True,
+                env=outside,
             )
             try:
                 boom()

@@ -56,10 +56,22 @@ mod raw {
         #[link_name = "PyUnstable_Code_SetExtra"]
         pub fn code_set_extra(code: *mut PyObject, index: Py_ssize_t, extra: *mut c_void) -> c_int;
 
+        // Audit hooks (3.8+; pyo3 does not declare them).
+        pub fn PySys_AddAuditHook(hook: AuditHook, user_data: *mut c_void) -> c_int;
+
         // Dict watchers (3.12+; pyo3 does not declare the registration).
         #[cfg(Py_3_14)]
         pub fn PyDict_AddWatcher(callback: DictWatchCallback) -> c_int;
     }
+
+    /// `Py_AuditHookFunction`.
+    pub type AuditHook = Option<
+        unsafe extern "C" fn(
+            event: *const std::ffi::c_char,
+            args: *mut PyObject,
+            user_data: *mut c_void,
+        ) -> c_int,
+    >;
 
     /// `PyDict_WatchCallback`.
     #[cfg(Py_3_14)]
@@ -398,4 +410,30 @@ pub struct CFunctionObject {
     pub m_ml: *mut pyo3::ffi::PyMethodDef,
     pub m_self: *mut PyObject,
     pub m_module: *mut PyObject,
+}
+
+/// Calls `on_exec` right before every `os.exec*` of this process replaces
+/// its image (the `os.exec` audit event): what is not yet committed would
+/// go with it. False if the hook could not be added.
+pub fn before_exec(on_exec: fn()) -> bool {
+    static ON_EXEC: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+    unsafe extern "C" fn hook(
+        event: *const std::ffi::c_char,
+        _args: *mut PyObject,
+        _user_data: *mut c_void,
+    ) -> c_int {
+        // SAFETY: CPython passes the event's name, a C string.
+        if unsafe { std::ffi::CStr::from_ptr(event) } == c"os.exec" {
+            if let Some(on_exec) = ON_EXEC.get() {
+                on_exec();
+            }
+        }
+        0
+    }
+    if ON_EXEC.set(on_exec).is_err() {
+        return true; // added already
+    }
+    // SAFETY: GIL held (module import); the hook takes no lock of CPython's
+    // and raises nothing.
+    unsafe { raw::PySys_AddAuditHook(Some(hook), std::ptr::null_mut()) == 0 }
 }

@@ -53,7 +53,8 @@ mod raw {
         );
         pub fn pyust_tp_emit_fast_exception(exc_type: *const c_char);
         pub fn pyust_gettid() -> i32;
-        pub fn pyust_flush_on_sigterm() -> c_int;
+        pub fn pyust_guard_stop_signals() -> c_int;
+        pub fn pyust_block_signals();
         pub fn clock_gettime(clock: c_int, ts: *mut Timespec) -> c_int;
         pub fn pyust_tp_before_fork();
         pub fn pyust_tp_after_fork_parent();
@@ -218,12 +219,20 @@ pub fn emit_fast_exception(exc_type: &CStr) {
     unsafe { raw::pyust_tp_emit_fast_exception(exc_type.as_ptr()) }
 }
 
-/// Installs the SIGTERM handler that commits the fast mode's batches
-/// (where SIGTERM has its default action); it calls
-/// `pyust_fast_flush_on_signal`.
-pub fn flush_on_sigterm() {
+/// In a thread of pyust's own: the signals that end or stop a program
+/// are delivered to the program's threads instead (see `python_tp.c`).
+pub fn block_signals() {
+    // SAFETY: changes the calling thread's signal mask only.
+    unsafe { raw::pyust_block_signals() }
+}
+
+/// pyust's handler of the signals that end a program, where they have their
+/// default action: an event being written is finished, the fast mode's
+/// batches are committed, then the process dies of the signal as before
+/// (see `python_tp.c`).
+pub fn guard_stop_signals() {
     // SAFETY: installs a handler (sigaction) only over the default action.
-    unsafe { raw::pyust_flush_on_sigterm() };
+    unsafe { raw::pyust_guard_stop_signals() };
 }
 
 /// The calling thread's id (what LTTng's `vtid` context records).

@@ -11,7 +11,7 @@ use super::profile as backend;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -42,12 +42,50 @@ pub fn init(py: Python<'_>) {
     }
     // SAFETY: registers a function that takes no lock held by CPython.
     unsafe { ffi::Py_AtExit(Some(at_exit)) };
+    // ... and before an exec, which ends the process image without exit
+    // hooks: the records the program made before it stay in the trace.
+    crate::ffi::cpython::before_exec(fast::flush_all);
+}
+
+/// `os._exit` ends the process at once (no atexit, no `Py_AtExit`). While
+/// pyust is imported, `os._exit` is [`commit_and_exit`]: the fast mode's
+/// last records are committed first, whether or not C calls are recorded
+/// (when they are, the C call does it as well).
+static EXIT: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+
+/// Puts `wrapper` (named `_exit`, bound to module `posix`: in a trace it is
+/// the C call `posix._exit`, as the original) in place of `os._exit`.
+pub fn guard_exit(py: Python<'_>, wrapper: &Bound<'_, PyAny>) -> PyResult<()> {
+    let os = py.import("os")?;
+    let original = os.getattr("_exit")?;
+    if original.is(wrapper) || EXIT.get(py).is_some() {
+        return Ok(());
+    }
+    let _ = EXIT.set(py, original.unbind());
+    os.setattr("_exit", wrapper)?;
+    py.import("posix")?.setattr("_exit", wrapper)
+}
+
+/// The body of the `os._exit` that [`guard_exit`] puts in place.
+pub fn commit_and_exit(
+    py: Python<'_>,
+    args: &Bound<'_, pyo3::types::PyTuple>,
+    kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+) -> PyResult<Py<PyAny>> {
+    fast::flush_all();
+    match EXIT.get(py) {
+        Some(original) => original.call(py, args, kwargs),
+        None => Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "os._exit is missing",
+        )),
+    }
 }
 
 /// Starts tracing, for every thread (see the backend for how). When the
 /// callbacks cannot be armed, tracing stays off and the error is raised.
 pub fn enable(py: Python<'_>, thread_start: &Bound<'_, PyAny>) -> PyResult<()> {
     warn_if_no_provider(py);
+    tp::guard_stop_signals();
     ensure_tracked(py);
     if !ENABLED.load(Ordering::SeqCst) {
         // Nesting restarts from here on every thread, before any callback
@@ -171,21 +209,24 @@ fn start_watcher(py: Python<'_>) -> PyResult<()> {
     *watcher = Some(
         std::thread::Builder::new()
             .name("pyust-watcher".into())
-            .spawn(|| loop {
-                std::thread::sleep(WATCH_PERIOD);
-                if WATCH_STOP.load(Ordering::SeqCst) {
-                    break;
-                }
-                if wanted_shape() != SHAPE.load(Ordering::SeqCst) {
-                    Python::attach(|py| {
-                        if WATCH_STOP.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        if let Err(err) = sync(py) {
-                            // Nobody to raise it to: the program goes on untraced.
-                            err.write_unraisable(py, None);
-                        }
-                    });
+            .spawn(|| {
+                tp::block_signals();
+                loop {
+                    std::thread::sleep(WATCH_PERIOD);
+                    if WATCH_STOP.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if wanted_shape() != SHAPE.load(Ordering::SeqCst) {
+                        Python::attach(|py| {
+                            if WATCH_STOP.load(Ordering::SeqCst) {
+                                return;
+                            }
+                            if let Err(err) = sync(py) {
+                                // Nobody to raise it to: the program goes on untraced.
+                                err.write_unraisable(py, None);
+                            }
+                        });
+                    }
                 }
             })
             .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?,
@@ -220,15 +261,48 @@ pub fn stop_watcher(py: Python<'_>) {
 /// other at-fork hooks that run meanwhile would emit with LTTng's fork
 /// locks held, or in the child before it is re-registered.
 pub fn before_fork() {
+    if record_path().is_some() && ENABLED.load(Ordering::SeqCst) {
+        // Under `record`: the child says on this pair when it is tracked.
+        // (Close-on-exec: a child that execs says so by closing it.)
+        let pair = UnixStream::pair().ok();
+        FORK_READY.with(|ready| *ready.borrow_mut() = pair);
+    }
     fast::before_fork();
     hook::mute_current_thread(true);
     tp::before_fork();
 }
 
-pub fn after_fork_parent() {
+pub fn after_fork_parent(py: Python<'_>) {
     tp::after_fork_parent();
     fast::after_fork_parent();
     hook::mute_current_thread(false);
+    if let Some((mut parent_end, child_end)) = FORK_READY.with(|ready| ready.borrow_mut().take()) {
+        // The fork returns once `record` tracks the child, as an untraced
+        // fork returns with the child running: else a short-lived child
+        // (a Pool worker the parent terminates) can be killed while it
+        // still waits, before running any of its code.
+        drop(child_end);
+        py.detach(|| {
+            let _ = parent_end.set_read_timeout(Some(TRACK_TIMEOUT));
+            let _ = parent_end.read(&mut [0u8; 1]);
+        });
+    }
+}
+
+thread_local! {
+    /// From `before_fork` to the after-fork hook of the same thread, under
+    /// `record`: (parent's end, child's end) of the pair on which the child
+    /// tells its parent that `record` tracks it.
+    static FORK_READY: std::cell::RefCell<Option<(UnixStream, UnixStream)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// In the child: tell the parent (see `after_fork_parent`) it may go on.
+fn release_parent() {
+    if let Some((parent_end, mut child_end)) = FORK_READY.with(|ready| ready.borrow_mut().take()) {
+        drop(parent_end);
+        let _ = child_end.write_all(b"r");
+    }
 }
 
 /// In a forked child: LTTng-UST re-registers under the child's pid, the
@@ -242,6 +316,7 @@ pub fn after_fork_child(py: Python<'_>) {
         // Still muted: nothing is emitted before `record` tracks this child.
         ensure_tracked(py);
     }
+    release_parent();
     hook::mute_current_thread(false);
     let stale = WATCHER.lock().unwrap_or_else(|e| e.into_inner()).take();
     // Not joinable here (no such thread in this process): forget it.
@@ -251,14 +326,15 @@ pub fn after_fork_child(py: Python<'_>) {
     }
 }
 
-/// Under `pyust record`: the path of its control socket. Each process of
-/// the recorded program connects there once, before its first event;
-/// `record` adds the peer's pid to its session's vpid tracker (`lttng
-/// track --userspace --vpid`, which returns once the process's tracepoints
-/// are set up for the session) and answers `go`, or `no REASON`.
-/// Set once, at the launcher's start (a lock could be held by another
-/// thread at a fork, and stay held in the child).
-static RECORD: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+/// Under `pyust record` (or `attach`): the path of its control socket, or
+/// null. Each process of the recorded program connects there once,
+/// before its first event; `record` adds the peer's pid to its session's
+/// vpid tracker (`lttng track --userspace --vpid`, which returns once the
+/// process's tracepoints are set up for the session) and answers `go`, or
+/// `no REASON`. A pointer, not a lock (one held by another thread at a
+/// fork would stay held in the child); a path it replaces (a second
+/// `attach`) is leaked, as a thread may still read it.
+static RECORD: AtomicPtr<PathBuf> = AtomicPtr::new(std::ptr::null_mut());
 /// The process that last had `record`'s answer (0: none), `go` or not: a
 /// forked child has another pid, so it asks again.
 static ASKED: AtomicU32 = AtomicU32::new(0);
@@ -267,18 +343,36 @@ static ASKING: AtomicU32 = AtomicU32::new(0);
 /// How long a process waits for `record`'s answer.
 const TRACK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `record`'s child: remember the control socket and get tracked now
-/// (before the launcher asks whether a session records).
+fn record_path() -> Option<&'static PathBuf> {
+    let path = RECORD.load(Ordering::SeqCst);
+    // SAFETY: set from a leaked Box, never freed.
+    (!path.is_null()).then(|| unsafe { &*path })
+}
+
+/// `record`'s (or `attach`'s) process: remember the control socket and get
+/// tracked now (before the launcher asks whether a session records). A
+/// new socket (another `attach`) asks again.
 pub fn join_record(py: Python<'_>, path: PathBuf) {
-    let _ = RECORD.set(path);
+    if record_path() != Some(&path) {
+        RECORD.store(Box::into_raw(Box::new(path)), Ordering::SeqCst);
+        ASKED.store(0, Ordering::SeqCst);
+        ASKING.store(0, Ordering::SeqCst);
+    }
     ensure_tracked(py)
+}
+
+/// `attach`'s detach: this process and its forks belong to no recording.
+pub fn leave_record() {
+    RECORD.store(std::ptr::null_mut(), Ordering::SeqCst);
+    ASKED.store(0, Ordering::SeqCst);
+    ASKING.store(0, Ordering::SeqCst);
 }
 
 /// Once per process under `record`: wait until `record` tracks it. A
 /// failure is one line on stderr; the program runs on, and `record`'s
 /// trace lacks this process (other sessions still get its events).
 fn ensure_tracked(py: Python<'_>) {
-    let Some(path) = RECORD.get() else {
+    let Some(path) = record_path() else {
         return;
     };
     let pid = std::process::id();
@@ -332,6 +426,7 @@ fn ask_record(path: &std::path::Path) -> Result<(), String> {
 /// re-initialising LTTng-UST there can abort, and nothing in it is worth
 /// tracing. Release what `before_fork` took, trace nothing more.
 pub fn forked_for_exec() {
+    release_parent();
     tp::after_fork_parent();
     fast::after_fork_parent();
     hook::mute_current_thread(false);

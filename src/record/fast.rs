@@ -27,7 +27,7 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::ffi::lttng as tp;
@@ -92,6 +92,9 @@ struct Records {
     base: u64,
     base_ns: u64,
     len: usize,
+    /// While `flush` hands the records to LTTng (a signal handler that
+    /// interrupted it must not hand them again).
+    emitting: bool,
     data: [u8; CAP],
 }
 
@@ -138,7 +141,11 @@ impl Records {
         if self.len > 0 && on() {
             let span = tp::clock_ns().saturating_sub(self.base_ns);
             let ticks = ticks().wrapping_sub(self.base);
+            self.emitting = true;
+            compiler_fence(Ordering::SeqCst);
             tp::emit_fast_batch(self.tid, self.base_ns, span, ticks, &self.data[..self.len]);
+            compiler_fence(Ordering::SeqCst);
+            self.emitting = false;
         }
         self.len = 0;
     }
@@ -164,6 +171,9 @@ impl Records {
             at += 4;
             self.data[at..at + 4].copy_from_slice(&w.to_le_bytes());
         }
+        // The record whole before it counts (a signal handler on this
+        // thread may commit the batch between two records).
+        compiler_fence(Ordering::SeqCst);
         self.len = at + 4;
     }
 }
@@ -248,6 +258,7 @@ fn new_batch(old: *const Batch, run: u64) -> Option<*const Batch> {
                 base: 0,
                 base_ns: 0,
                 len: 0,
+                emitting: false,
                 data: [0; CAP],
             }),
         }));
@@ -281,10 +292,11 @@ fn ensure_flusher() {
     if FLUSHER_PID.swap(pid, Ordering::SeqCst) == pid {
         return;
     }
-    tp::flush_on_sigterm();
+    tp::guard_stop_signals();
     let _ = std::thread::Builder::new()
         .name("pyust-flusher".into())
         .spawn(move || {
+            tp::block_signals();
             let mut epoch_start = tp::clock_ns();
             loop {
                 std::thread::sleep(FLUSHER_PERIOD);
@@ -335,20 +347,53 @@ fn flush_registered(older_than: Option<u64>) {
 /// interrupted their holder).
 #[no_mangle]
 pub extern "C" fn pyust_fast_flush_on_signal() {
-    if REGISTRY_LOCK.swap(true, Ordering::Acquire) {
+    // A lock another thread holds is released within microseconds (pyust's
+    // own threads never take this signal: they block it); one this thread
+    // held when the signal came never is: give up on it after a while.
+    let deadline = tp::clock_ns() + SIGNAL_WAIT_NS;
+    let take = |lock: &AtomicBool| loop {
+        if !lock.swap(true, Ordering::Acquire) {
+            return true;
+        }
+        if tp::clock_ns() > deadline {
+            return false;
+        }
+        std::hint::spin_loop();
+    };
+    if !take(&REGISTRY_LOCK) {
         return;
     }
+    let own = BATCH.with(Cell::get);
     // SAFETY: the registry lock is ours.
     for &b in unsafe { &*REGISTRY.0.get() } {
         // SAFETY: registered batches live until removed under that lock.
         let batch = unsafe { &*(b as *const Batch) };
-        if let Some(r) = batch.try_lock() {
-            r.flush();
+        if b as *const Batch == own {
+            // This thread's own batch, maybe locked by the code the signal
+            // interrupted (between two records, or in the middle of one,
+            // which does not count yet): the whole records are committed,
+            // unless that code was committing them itself. The process
+            // dies in this handler, so that code never resumes.
+            let was_locked = batch.lock.swap(true, Ordering::Acquire);
+            // SAFETY: this thread's batch; no other thread writes it.
+            let r = unsafe { &mut *batch.records.get() };
+            if !r.emitting {
+                r.flush();
+            }
+            if !was_locked {
+                batch.unlock();
+            }
+        } else if take(&batch.lock) {
+            // SAFETY: the batch's lock is ours.
+            unsafe { &mut *batch.records.get() }.flush();
             batch.unlock();
         }
     }
     registry_unlock();
 }
+
+/// How long the SIGTERM handler waits for a lock another thread holds.
+const SIGNAL_WAIT_NS: u64 = 20_000_000;
 
 /// Commits every batch: tracing stops, or the interpreter exits.
 pub fn flush_all() {

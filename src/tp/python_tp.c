@@ -25,6 +25,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -125,88 +126,157 @@ const int *const pyust_tp_states[8] = {
 	&lttng_ust_tracepoint_python_fast___exception.state,
 };
 
+/*
+ * A process that dies of a signal while one of its threads writes an
+ * event leaves that event's space in LTTng's ring buffer reserved and never
+ * committed: with per-user buffers (what sessions use), that CPU's buffer
+ * then never completes, and the session loses every event on that CPU
+ * from there on (seen with Pool.terminate()'s SIGTERM). So each emitter
+ * marks its thread while it writes, and pyust's handler of the signals
+ * that end a program (installed where they have their default action)
+ * lets the write finish first: on the thread it interrupted, it only notes
+ * the signal, and the emitter dies of it when the event is written.
+ */
+static __thread volatile sig_atomic_t pyust_emitting
+	__attribute__((tls_model("initial-exec")));
+static volatile sig_atomic_t pyust_deferred;
+static void pyust_die(int sig);
+
+#define PYUST_EMIT(write) \
+	do { \
+		pyust_emitting = 1; \
+		write; \
+		pyust_emitting = 0; \
+		if (__builtin_expect(pyust_deferred != 0, 0)) \
+			pyust_die(pyust_deferred); \
+	} while (0)
+
 void pyust_tp_emit_call(const char *co_name, const char *co_qualname,
 		const char *module, const char *co_filename,
 		int32_t co_firstlineno)
 {
-	lttng_ust_do_tracepoint(python, call, co_name, co_qualname, module,
-		co_filename, co_firstlineno);
+	PYUST_EMIT(lttng_ust_do_tracepoint(python, call, co_name, co_qualname, module,
+		co_filename, co_firstlineno));
 }
 
 void pyust_tp_emit_return(void)
 {
-	lttng_ust_do_tracepoint(python, return);
+	PYUST_EMIT(lttng_ust_do_tracepoint(python, return));
 }
 
 void pyust_tp_emit_c_call(const char *co_name, const char *co_qualname)
 {
-	lttng_ust_do_tracepoint(python, c_call, co_name, co_qualname);
+	PYUST_EMIT(lttng_ust_do_tracepoint(python, c_call, co_name, co_qualname));
 }
 
 void pyust_tp_emit_c_return(void)
 {
-	lttng_ust_do_tracepoint(python, c_return);
+	PYUST_EMIT(lttng_ust_do_tracepoint(python, c_return));
 }
 
 void pyust_tp_emit_exception(const char *exc_type, const char *co_qualname,
 		int32_t lineno)
 {
-	lttng_ust_do_tracepoint(python, exception, exc_type, co_qualname,
-		lineno);
+	PYUST_EMIT(lttng_ust_do_tracepoint(python, exception, exc_type, co_qualname,
+		lineno));
 }
 
 void pyust_tp_emit_fast_def(uint32_t id, const char *co_name,
 		const char *co_qualname, const char *module,
 		const char *co_filename, int32_t co_firstlineno)
 {
-	lttng_ust_do_tracepoint(python_fast, def, id, co_name, co_qualname,
-		module, co_filename, co_firstlineno);
+	PYUST_EMIT(lttng_ust_do_tracepoint(python_fast, def, id, co_name, co_qualname,
+		module, co_filename, co_firstlineno));
 }
 
 void pyust_tp_emit_fast_batch(int32_t tid, uint64_t base, uint64_t span,
 		uint64_t ticks, const uint8_t *data, uint16_t len)
 {
-	lttng_ust_do_tracepoint(python_fast, batch, tid, base, span, ticks,
-		data, len);
+	PYUST_EMIT(lttng_ust_do_tracepoint(python_fast, batch, tid, base, span, ticks,
+		data, len));
 }
 
 void pyust_tp_emit_fast_exception(const char *exc_type)
 {
-	lttng_ust_do_tracepoint(python_fast, exception, exc_type);
+	PYUST_EMIT(lttng_ust_do_tracepoint(python_fast, exception, exc_type));
 }
 
 /*
- * The fast mode (src/fast.rs): a program ended by SIGTERM runs no exit
+ * The fast mode (src/fast.rs): a program ended by a signal runs no exit
  * hook, so its threads' last records would stay in their batches. Where
- * SIGTERM has its default action, this handler commits what it can
- * (batches no thread is writing at that instant; LTTng-UST's tracepoints
- * may be called from signal handlers), then dies of the signal as before.
- * A handler the program installs later replaces it.
+ * a signal that ends a program has its default action, this handler lets
+ * an event being written finish (above), commits the batches (LTTng-UST's
+ * tracepoints may be called from signal handlers), then dies of the
+ * signal as before. A handler the program installs later replaces it.
  */
 extern void pyust_fast_flush_on_signal(void);
 
-static void pyust_on_sigterm(int sig)
+static void pyust_die(int sig)
+{
+	pyust_deferred = 0; /* the batches' own events are not interrupted */
+	pyust_fast_flush_on_signal();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static void pyust_on_stop_signal(int sig)
 {
 	int saved = errno;
 
-	pyust_fast_flush_on_signal();
+	if (pyust_emitting) {
+		pyust_deferred = sig; /* the emitter dies of it */
+	} else {
+		pyust_die(sig);
+	}
 	errno = saved;
-	raise(sig); /* the default action again (SA_RESETHAND) */
 }
 
-int pyust_flush_on_sigterm(void)
-{
-	struct sigaction old, sa;
+/* The signals whose default action ends the program (SIGINT: Python's). */
+static const int pyust_stop_signals[] = {
+	SIGTERM, SIGHUP, SIGQUIT, SIGUSR2, SIGALRM,
+};
 
-	if (sigaction(SIGTERM, NULL, &old) != 0)
-		return -1;
-	if ((old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL)
-		return 0; /* the program's own */
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = pyust_on_sigterm;
-	sa.sa_flags = SA_RESETHAND | SA_NODEFER;
-	sigemptyset(&sa.sa_mask);
-	return sigaction(SIGTERM, &sa, NULL);
+int pyust_guard_stop_signals(void)
+{
+	unsigned i;
+
+	for (i = 0; i < sizeof(pyust_stop_signals) / sizeof(int); i++) {
+		struct sigaction old, sa;
+		int sig = pyust_stop_signals[i];
+
+		if (sigaction(sig, NULL, &old) != 0)
+			return -1;
+		if ((old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL)
+			continue; /* the program's own (or pyust's already) */
+		memset(&sa, 0, sizeof(sa));
+		sa.sa_handler = pyust_on_stop_signal;
+		sa.sa_flags = SA_NODEFER;
+		sigemptyset(&sa.sa_mask);
+		if (sigaction(sig, &sa, NULL) != 0)
+			return -1;
+	}
+	return 0;
+}
+
+/*
+ * pyust's own threads (the watcher, the flusher) block the signals that
+ * end or stop a program: the kernel then hands a signal sent to the
+ * process to one of the program's threads, and the SIGTERM handler above
+ * never runs on a thread that holds the lock it needs.
+ */
+void pyust_block_signals(void)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGQUIT);
+	sigaddset(&set, SIGUSR1);
+	sigaddset(&set, SIGUSR2);
+	sigaddset(&set, SIGALRM);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
 }
 
 /* The calling thread's id, as LTTng's vtid context gives it. */

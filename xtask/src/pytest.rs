@@ -151,6 +151,9 @@ pub fn container_pytests_command(sh: &Shell, base: &str) -> Result<std::process:
         "--network",
         "host",
         "--shm-size=1g",
+        // `pyust attach` (sys.remote_exec) reads and writes another
+        // process's memory.
+        "--cap-add=SYS_PTRACE",
         "-v",
         &mount,
         "-v",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import record, report, top, view
+from . import attach, record, report, top, view
 from .common import UsageError, fail, parse_target, run_traced
 
 LAUNCHER = """\
@@ -40,6 +40,7 @@ def usage() -> str:
     options, as their parsers declare them (`pyust CMD --help`: one)."""
     parsers = [
         (record.parser(), "pyust record ..."),
+        (attach.parser(), "pyust attach PID"),
         (top.parser(), "pyust top [SESSION]"),
         (view.parser(), "pyust view DIR"),
         (report.parser(), "pyust report DIR"),
@@ -70,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return report.report(args[1:])
         if args and args[0] == "top":
             return top.top(args[1:])
+        if args and args[0] == "attach":
+            return attach.attach(args[1:])
         if args and args[0] == "--":
             args = args[1:]
         elif args and args[0].startswith("-") and not args[0].startswith("-m"):

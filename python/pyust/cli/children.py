@@ -12,9 +12,14 @@ import struct
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 
 from .lttng import _lttng_error, _run_lttng
+
+# How often the tracker untracks the processes that have ended (and, at
+# least, once a second passes without a process asking).
+FORGET_PERIOD = 1.0
 
 
 class Tracker:
@@ -33,19 +38,30 @@ class Tracker:
     """
 
     def __init__(
-        self, lttng: str, session: str, on_track: Callable[[list[int]], None] | None = None
+        self,
+        lttng: str,
+        session: str,
+        on_track: Callable[[list[int]], None] | None = None,
+        isolate: bool = True,
     ) -> None:
         self.lttng = lttng
         self.session = session
         self.on_track = on_track
+        # --all-processes: every process joins at once, nothing is tracked.
+        self.isolate = isolate
         self.tracked: set[int] = set()
         self.refused = 0
         self.folder = tempfile.mkdtemp(prefix="pyust-record-")
         self.path = os.path.join(self.folder, "control")
         if len(os.fsencode(self.path)) > 100:  # beyond a socket address's room
-            os.rmdir(self.folder)
+            shutil.rmtree(self.folder)
             self.folder = tempfile.mkdtemp(prefix="pyust-record-", dir="/tmp")
             self.path = os.path.join(self.folder, "control")
+        # Where a child interpreter that cannot be traced says why (_boot).
+        self.untraced_path = os.path.join(self.folder, "untraced")
+        self.untraced: list[str] = []
+        with open(self.untraced_path, "w"):
+            pass
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.path)
         self.listener.listen(64)
@@ -60,17 +76,57 @@ class Tracker:
         self.listener.close()
         os.close(self.wake_r)
         os.close(self.wake_w)
+        self.untraced = self._read_untraced()
         shutil.rmtree(self.folder, ignore_errors=True)
 
+    def wait_for_children(self, timeout: float) -> None:
+        """After the program: until the processes it left running (a
+        forkserver, multiprocessing's resource tracker, a worker still
+        exiting) have ended and been reaped, for at most `timeout` seconds.
+        (record is their subreaper: see `adopt_orphans`.)"""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            running = False
+            for pid in self.tracked:
+                try:
+                    running |= os.waitpid(pid, os.WNOHANG)[0] == 0
+                except ChildProcessError:  # reaped, or not ours: by kill
+                    running |= _alive(pid)
+            if not running:
+                return
+            time.sleep(0.01)
+
+    def _read_untraced(self) -> list[str]:
+        """One line per kind of child that could not be traced."""
+        try:
+            with open(self.untraced_path, encoding="utf-8", errors="replace") as f:
+                lines = [line.rstrip("\n").split("\t", 1) for line in f]
+        except OSError:
+            return []
+        counts: dict[str, int] = {}
+        for parts in lines:
+            if len(parts) == 2:
+                what = f"{parts[0]} {parts[1]}"
+                counts[what] = counts.get(what, 0) + 1
+        return [
+            f"{n} child process{'es' if n > 1 else ''} could not be traced: {what}"
+            for what, n in counts.items()
+        ]
+
     def _serve(self) -> None:
+        forgot = time.monotonic()
         while True:
             watched: list[socket.socket | int] = [self.listener, self.wake_r]
-            ready, _, _ = select.select(watched, [], [], 1.0)
+            ready, _, _ = select.select(watched, [], [], FORGET_PERIOD)
             if self.wake_r in ready:
                 return
-            self._forget_ended()
             if self.listener in ready:
                 self._answer(self._pending())
+            # Not between two forks: a process that asks meanwhile would
+            # wait for the untracking (up to 0.2 s) before its answer.
+            if not ready or time.monotonic() - forgot > FORGET_PERIOD:
+                self._forget_ended()
+                forgot = time.monotonic()
 
     def _pending(self) -> list[tuple[socket.socket, int]]:
         """Every connection waiting now (a Pool forks its workers at once:
@@ -87,7 +143,9 @@ class Tracker:
     def _answer(self, waiting: list[tuple[socket.socket, int]]) -> None:
         new = sorted({pid for _, pid in waiting if pid > 0} - self.tracked)
         failure = b"no its pid is not visible to pyust record\n"
-        if new:
+        if new and not self.isolate:
+            self.tracked.update(new)
+        elif new:
             proc = self._lttng("track", new)
             if proc.returncode == 0:
                 self.tracked.update(new)
@@ -108,16 +166,10 @@ class Tracker:
             conn.close()
 
     def _forget_ended(self) -> None:
-        ended = []
-        for pid in self.tracked:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                ended.append(pid)
-            except OSError:
-                pass  # alive, another user's now
+        ended = [pid for pid in self.tracked if not _alive(pid)]
         if ended:
-            self._lttng("untrack", ended)
+            if self.isolate:
+                self._lttng("untrack", ended)
             self.tracked.difference_update(ended)
 
     def _lttng(self, command: str, pids: list[int]) -> subprocess.CompletedProcess[str]:
@@ -125,3 +177,28 @@ class Tracker:
         return _run_lttng(
             self.lttng, command, "--userspace", f"--session={self.session}", f"--vpid={vpids}"
         )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # alive (another user's now)
+    return True
+
+
+def adopt_orphans() -> None:
+    """Makes this process the subreaper of the program's processes: those
+    it leaves running when it ends become record's children, not init's,
+    and record reaps them (`Tracker.wait_for_children`) as soon as they
+    end. (A session destroyed while an ended process it recorded is still
+    a zombie can leave `lttng destroy` waiting forever; init may take
+    seconds to reap.)"""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass  # not Linux: orphans go to init, as before

@@ -160,16 +160,29 @@ def exit_status(exc: SystemExit) -> int:
     return 1
 
 
+BOOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_boot")
+
+
+def arm_children() -> None:
+    """The Python interpreters the program starts (spawn, forkserver,
+    subprocess, exec) import `_boot/sitecustomize.py` first, through
+    PYTHONPATH, which joins them to the recording."""
+    paths = os.environ.get("PYTHONPATH", "")
+    if BOOT not in paths.split(os.pathsep):
+        os.environ["PYTHONPATH"] = BOOT + (os.pathsep + paths if paths else "")
+
+
 def run_traced(target: Target) -> int:
     """``pyust script.py``: run the target traced in this interpreter."""
     from .. import _pyust
 
     code, namespace = load_target(target)
-    # Started by `pyust record`: wait until it records this process. The
-    # variable goes: the program's own subprocesses are not record's.
-    control = os.environ.pop(RECORD_ENV, None)
+    # Started by `pyust record`: wait until it records this process; the
+    # Python processes the program starts join it too (see _boot).
+    control = os.environ.get(RECORD_ENV)
     if control:
         _pyust._join_record(control)
+        arm_children()
     snapshot_pid = os.environ.pop(SNAPSHOT_ENV, "")
     if snapshot_pid.isdigit():
         _pyust._forward_snapshot_signal(int(snapshot_pid))

@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 from .args import Parser
-from .children import Tracker
+from .children import Tracker, adopt_orphans
 from .common import (
     RECORD_ENV,
     SNAPSHOT_ENV,
@@ -53,6 +53,10 @@ from .session import Session
 from .signals import StopSignals
 from .view import show
 
+# How long record waits, after the program, for the processes it started
+# and left running to end (their last events come before the session stops).
+CHILDREN_GRACE = 2.0
+
 
 def default_output(target: Target) -> str:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -85,8 +89,8 @@ def parser() -> Parser:
         "record",
         "the same inside a session pyust creates, starts,\n"
         "stops and destroys; prints the trace folder.\n"
-        "It records the program and the children it\n"
-        "forks, no other process",
+        "It records the program and every Python\n"
+        "process it starts, no other process",
         "unknown option for record: {}",
         "pyust record [-o DIR | --relay HOST[:PORT] [--live]] [--view]\n"
         "                    [--all-processes] [--max-size SIZE]\n"
@@ -323,11 +327,17 @@ def record(argv: list[str]) -> int:
         if not all_processes:
             # No process is recorded until the tracker lets it in.
             session.run("untrack", "--userspace", f"--session={name}", "--all", "--vpid")
-            try:
-                tracker = Tracker(lttng, name, recorder.watch if recorder else None)
-            except OSError as exc:
-                fail(f"cannot make record's control socket: {exc}")
-            env[RECORD_ENV] = tracker.path
+        adopt_orphans()
+        try:
+            tracker = Tracker(
+                lttng,
+                name,
+                recorder.watch if recorder and not all_processes else None,
+                isolate=not all_processes,
+            )
+        except OSError as exc:
+            fail(f"cannot make record's control socket: {exc}")
+        env[RECORD_ENV] = tracker.path
         session.run("start", name)
         if relay is not None and live:
             live_port = (relay[1] or RELAY_PORT) + 2  # lttng-relayd's live port: 5344
@@ -352,6 +362,8 @@ def record(argv: list[str]) -> int:
             status = signals.child.wait()
             if status < 0:
                 status = 128 - status
+            if tracker is not None:
+                tracker.wait_for_children(CHILDREN_GRACE)
     finally:
         signals.ignore()
         if recorder is not None:
@@ -363,6 +375,8 @@ def record(argv: list[str]) -> int:
             tracker.close()
             if tracker.refused:
                 _say(f"pyust: {tracker.refused} process(es) of the program could not be recorded")
+            for line in tracker.untraced:
+                _say(f"pyust: {line}")
         session.finish(recorder, watch, max_size, output)
         signals.restore()
     received = signals.received

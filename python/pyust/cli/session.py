@@ -5,6 +5,8 @@ what went wrong during the run said in one line each."""
 
 from __future__ import annotations
 
+import subprocess
+
 from .common import _say, fail, human_size
 from .diskwatch import DiskWatch
 from .flight import FlightRecorder
@@ -120,7 +122,7 @@ class Session:
             problem = recorder.snapshot("exit")
             if problem:
                 _say(f"pyust: no snapshot at exit: {problem}")
-        _run_lttng(self.lttng, "destroy", self.name)
+        destroy(self.lttng, self.name)
         if lost:
             _say(f"pyust: LTTng discarded {lost} events (ring buffers full)")
         if watch is not None and watch.free() == 0:
@@ -142,3 +144,25 @@ class Session:
                     f"packet(s) of the trace (about {human_size(gone_bytes)}) were "
                     f"dropped; the newest {human_size(kept)} are kept"
                 )
+
+
+# How long `lttng destroy` may wait for the session's destruction to
+# complete. LTTng 2.13's client sometimes never hears of it (the session
+# is gone, the trace stopped and complete: `lttng stop` waited for its
+# data), about 1 run in 20 when two records end at once here.
+DESTROY_WAIT = 10.0
+
+
+def destroy(lttng: str, name: str) -> None:
+    try:
+        subprocess.run(
+            [lttng, "destroy", name],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=DESTROY_WAIT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        # Killed by run(); a session still listed is destroyed without waiting.
+        if name in _run_lttng(lttng, "list").stdout:
+            _run_lttng(lttng, "destroy", "--no-wait", name)
