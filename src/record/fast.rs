@@ -47,6 +47,15 @@ static TSC: AtomicBool = AtomicBool::new(false);
 /// Uses the TSC when the kernel's clocksource is it (its reads are then
 /// what CLOCK_MONOTONIC is made of).
 pub fn init() {
+    // Ids start at a point of their own in each process image: an image
+    // that `exec` replaced had the same pid, and `view` names a record by
+    // (pid, id), so ids counted again from 1 would give the records the
+    // old image committed before the exec the new image's names.
+    // (splitmix64 of the time and the pid; 2^29 ids, a few thousand used.)
+    let mut x = tp::clock_ns() ^ (u64::from(std::process::id()) << 32);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+    NEXT_ID.store((x ^ (x >> 31)) as u32 & ID_MASK, Ordering::Relaxed);
     #[cfg(target_arch = "x86_64")]
     {
         let source = std::fs::read_to_string(
