@@ -98,7 +98,8 @@ const REGRTEST_REASON: &str = "cargo xtask ci runs CPython's regression tests un
 /// The tests of `tests/conftest.py`'s SHARED_MODULES (the readers, the
 /// timelines, relay streaming: their subject is not the interpreter) run
 /// in `ci` on these: the oldest (the profile hook), the free-threaded
-/// one, the newest (`sys.monitoring`, in the container).
+/// one, the newest (`sys.monitoring`, in the container). On the others,
+/// tests/test_children.py runs fewer pools per start method.
 const SHARED_ON: [&str; 3] = ["3.8", "3.14t", "3.15"];
 const SHARED_REASON: &str = "cargo xtask ci runs the reader, timeline and relay tests on CPython 3.8, 3.14t and 3.15 (they do not depend on the interpreter), to stay within its time budget";
 
