@@ -354,7 +354,11 @@ fn record_path() -> Option<&'static PathBuf> {
 /// new socket (another `attach`) asks again.
 pub fn join_record(py: Python<'_>, path: PathBuf) {
     if record_path() != Some(&path) {
-        RECORD.store(Box::into_raw(Box::new(path)), Ordering::SeqCst);
+        // black_box: LLVM 19 (Rust 1.85's) turns a global only ever set to
+        // one allocation into a static plus an `init` flag, which it then
+        // cannot load atomically ("Cannot select: AtomicLoad").
+        let path = std::hint::black_box(Box::into_raw(Box::new(path)));
+        RECORD.store(path, Ordering::SeqCst);
         ASKED.store(0, Ordering::SeqCst);
         ASKING.store(0, Ordering::SeqCst);
     }
