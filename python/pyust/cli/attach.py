@@ -20,7 +20,8 @@ import time
 from .args import Parser
 from .children import Tracker, _alive
 from .common import BOOT, RECORD_ENV, _say, fail, parse_duration
-from .lttng import DEFAULT_MODE, MODES, NUM_SUBBUF, _lttng, ensure_session_daemon, subbuf_size
+from .lttng import DEFAULT_MODE, NUM_SUBBUF, _lttng, ensure_session_daemon, subbuf_size
+from .record import _mode, output_option
 from .session import Session
 
 # The script the process runs to join: {control} and {boot} are filled in.
@@ -71,13 +72,7 @@ def parser() -> Parser:
         "pyust attach PID [-o DIR] [--duration S] [--mode fast|readable] [--no-c-calls]",
     )
     p.add_argument("pid", nargs="?", metavar="PID", help=argparse.SUPPRESS)
-    p.option(
-        "-o",
-        "--output",
-        metavar="DIR",
-        what="a folder",
-        help="where the trace goes (default: a new folder\nunder ./pyust-traces/)",
-    )
+    output_option(p)
     p.option(
         "--duration",
         metavar="S",
@@ -88,6 +83,7 @@ def parser() -> Parser:
         "--mode",
         metavar="MODE",
         what="fast or readable",
+        type=_mode,
         default=DEFAULT_MODE,
         help="as for record",
     )
@@ -132,8 +128,6 @@ def attach(argv: list[str]) -> int:
     if args.pid is None or not args.pid.isdigit() or int(args.pid) <= 0:
         fail(f"attach needs a process id, not {args.pid!r}" if args.pid else "attach needs a PID")
     pid = int(args.pid)
-    if args.mode not in MODES:
-        fail(f"--mode {args.mode}: fast or readable")
     duration = parse_duration("--duration", args.duration) / 1e9 if args.duration else None
     if args.output == "":
         fail("--output needs a folder (an empty name names none)")

@@ -83,6 +83,17 @@ def _mode(text: str) -> str:
     return text
 
 
+def output_option(p: Parser) -> None:
+    """`-o DIR` (record's and attach's)."""
+    p.option(
+        "-o",
+        "--output",
+        metavar="DIR",
+        what="a folder",
+        help="where the trace goes (default: a new folder\nunder ./pyust-traces/)",
+    )
+
+
 def parser() -> Parser:
     """`record`'s options (its part of `pyust --help`)."""
     p = Parser(
@@ -99,13 +110,7 @@ def parser() -> Parser:
         "                    [--subbuf-size SIZE] [--num-subbuf N]\n"
         "                    [-m module | script.py] [args...]",
     )
-    p.option(
-        "-o",
-        "--output",
-        metavar="DIR",
-        what="a folder",
-        help="where the trace goes (default: a new folder\nunder ./pyust-traces/)",
-    )
+    output_option(p)
     p.option("--view", action="store_true", help="also print the trace as text")
     p.option(
         "--relay",
