@@ -421,6 +421,13 @@ fn _report(
     interruptible(py, |tick| report::report(&path, &opts, tick))
 }
 
+/// The first packet of the traces under `path` whose sizes cannot be
+/// (see `read::check_packets`), in one line; None when there is none.
+#[pyfunction]
+fn _check_trace(py: Python<'_>, path: std::path::PathBuf) -> Option<String> {
+    py.detach(|| read::check_packets(&path).err())
+}
+
 /// (url, host, session name, streams, viewers attached).
 type LiveSession = (String, String, String, u64, u64);
 
@@ -516,6 +523,7 @@ fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_live_sessions, m)?)?;
     m.add_function(wrap_pyfunction!(_top, m)?)?;
     m.add_function(wrap_pyfunction!(_view, m)?)?;
+    m.add_function(wrap_pyfunction!(_check_trace, m)?)?;
     #[cfg(feature = "bench")]
     m.add_function(wrap_pyfunction!(_bench_floor, m)?)?;
     m.add_class::<Tracing>()?;

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -199,7 +200,7 @@ def test_what_it_cannot_read_goes_to_babeltrace2(sessiond: None, tmp_path: Path)
     # pyust's reader, which leaves the trace to libbabeltrace2.
     trace = fib10_trace(tmp_path, "appctx", ctf18(), ["vpid", "vtid", "$app.pyust:none"])
     forced, table = readers_on(trace)
-    assert forced.returncode == 1
+    assert forced.returncode == 2
     assert forced.stderr.startswith("pyust: pyust's trace reader cannot read "), forced.stderr
     assert "177 " in table  # fib(10): 177 calls
 
@@ -243,9 +244,44 @@ def test_garbage_in_a_stream_file_is_one_line(sessiond: None, tmp_path: Path) ->
     proc = run_python("-m", "pyust", "report", str(trace), "--limit", "1")
     assert "Traceback" not in proc.stderr
     if proc.returncode != 0:
-        assert proc.returncode == 1
+        assert proc.returncode == 2
         (line,) = proc.stderr.splitlines()
         assert line.startswith("pyust: ") and "pyust_" in line, line
+
+
+FIXTURES = Path(__file__).resolve().parent / "data" / "ctf"
+
+
+@pytest.mark.parametrize(
+    ("offset", "value", "said"),
+    [
+        # packet_size (bits, byte 56 of a packet): 2^63 aborted pyust's
+        # reader (an allocation of 2^60 bytes) and libbabeltrace2 (an assertion).
+        (56, 1 << 63, "packet_size 9223372036854775808 bits"),
+        # content_size (byte 48) within the packet's own header.
+        (48, 8, "content_size 8 bits in a packet of 32768 bits with 84 bytes of header"),
+        (0, 0x12345678, "not a CTF packet (its magic number)"),
+    ],
+)
+def test_impossible_packets_are_one_line_and_status_2(
+    tmp_path: Path, offset: int, value: int, said: str
+) -> None:
+    # A trace from elsewhere (a relay, a colleague) may be corrupt or
+    # hostile: view and report, with either reader, say where in one line.
+    for mode in ("readable", "fast"):
+        trace = tmp_path / mode
+        shutil.copytree(FIXTURES / mode, trace)
+        stream = trace / "pyust_0_0"
+        data = bytearray(stream.read_bytes())
+        data[offset : offset + 8] = value.to_bytes(8, "little")
+        stream.write_bytes(bytes(data))
+        line = f"{stream}: packet at byte 0: {said}"
+        for command, reader in (("report", "pyust"), ("report", "babeltrace2"), ("view", "")):
+            env = {**os.environ, "PYUST_REPORT_READER": reader}
+            proc = run_python("-m", "pyust", command, str(trace), env=env)
+            said_by = "" if command == "report" else f"cannot read {trace}: "
+            expected = (2, "", f"pyust: {said_by}{line}\n")
+            assert (proc.returncode, proc.stdout, proc.stderr) == expected, (command, reader)
 
 
 def test_ctf2_traces_go_to_babeltrace2(sessiond: None, tmp_path: Path) -> None:
@@ -256,5 +292,5 @@ def test_ctf2_traces_go_to_babeltrace2(sessiond: None, tmp_path: Path) -> None:
         pytest.skip("this LTTng (before 2.15) writes CTF 1.8 only")
     trace = fib10_trace(tmp_path, "ctf2", ["--trace-format=ctf-2"], ["vpid", "vtid"])
     forced, table = readers_on(trace)
-    assert forced.returncode == 1 and "CTF 2" in forced.stderr, forced.stderr
+    assert forced.returncode == 2 and "CTF 2" in forced.stderr, forced.stderr
     assert "177 " in table

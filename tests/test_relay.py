@@ -251,7 +251,7 @@ print("finished", n > 0)
         assert report.returncode == 0, report.stderr
         assert "__main__.tick" in report.stdout, report.stdout
     else:
-        assert report.returncode == 1, report.stdout
+        assert report.returncode == 2, report.stdout
         assert len(report.stderr.splitlines()) == 1, report.stderr
         assert "the metadata file is empty (the trace was cut short" in report.stderr
         view = run_python("-m", "pyust", "view", str(trace))
@@ -526,7 +526,7 @@ def test_report_tells_hosts_apart(relay: Relay, tmp_path: Path) -> None:
         0
     ].startswith(f"  {other}: ")
     missing = run_python("-m", "pyust", "report", str(relay.output), "--host", "nowhere")
-    assert missing.returncode == 1
+    assert missing.returncode == 2
     assert missing.stderr == (
         f'pyust: no host "nowhere" in {relay.output} '
         f"(its hosts: {', '.join(sorted([host, other]))})\n"

@@ -372,7 +372,7 @@ def test_report_on_a_damaged_trace(sessiond: None, tmp_path: Path) -> None:
     for metadata in trace.rglob("metadata"):
         metadata.write_text("/* CTF 1.8 */ this is not TSDL\n")
     proc = run_python("-m", "pyust", "report", str(trace))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.startswith("pyust: babeltrace2: cannot read ")
     assert len(proc.stderr.splitlines()) == 1
 

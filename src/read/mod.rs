@@ -14,11 +14,14 @@ mod bt2;
 mod ctf;
 mod event;
 mod fast;
+#[cfg(test)]
+pub(crate) mod fuzz;
 mod traces;
 
 use std::path::Path;
 
 pub use bt2::live_sessions;
+pub use ctf::check as check_packets;
 pub use event::{Discarded, Event, Kind, Message};
 pub use fast::Stats;
 pub use traces::{find_traces, host_name, metadata_hostname, trace_hosts};
@@ -37,6 +40,8 @@ pub fn read(
     let mut decoder = Decoder::new();
     let mut unpacking = |message: Message<'_>| decoder.message(message, each);
     let choice = std::env::var("PYUST_REPORT_READER").unwrap_or_default();
+    // Sizes no packet can have, in one line (libbabeltrace2 would abort).
+    ctf::check(trace)?;
     if choice == "babeltrace2" {
         bt2::read(trace, &mut unpacking)?;
     } else if let Some(why) = ctf::read(trace, &mut unpacking)? {

@@ -139,7 +139,7 @@ def report(argv: list[str]) -> int:
         )
     except OSError as exc:  # the trace cannot be read, or an output written
         print(f"pyust: {exc}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:  # outputs were removed
         print("pyust: interrupted", file=sys.stderr)
         return 130

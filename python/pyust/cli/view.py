@@ -32,10 +32,14 @@ def holds_fast_events(path: str) -> bool:
 
 
 def show(path: str) -> None:
+    from .. import _pyust
+
+    # A packet whose sizes cannot be aborts babeltrace2 (an assertion).
+    problem = _pyust._check_trace(path)
+    if problem:
+        fail(f"cannot read {path}: {problem}")
     if holds_fast_events(path):
         # The batches are unpacked by pyust itself, into the same text.
-        from .. import _pyust
-
         try:
             _pyust._view(path)
         except OSError as exc:

@@ -17,6 +17,8 @@ use crate::fxhash::FxMap;
 use crate::read::{Discarded, Event, Kind, Message};
 
 mod events;
+#[cfg(test)]
+mod fuzz;
 mod output;
 mod progress;
 

@@ -96,6 +96,16 @@ impl Stream {
                 continue;
             }
             head.truncate(got);
+            // What the file holds from this packet on: no size read from
+            // the trace asks for more (a corrupt packet_size of 2^63 would
+            // be an allocation that aborts).
+            let start = reader.stream_position().map_err(|e| e.to_string())? - got as u64;
+            let left = reader
+                .get_ref()
+                .metadata()
+                .map_err(|e| e.to_string())?
+                .len()
+                .saturating_sub(start);
             let mut values = HashMap::new();
             let mut at = 0;
             if let Some(h) = &info.meta.packet_header {
@@ -111,23 +121,24 @@ impl Stream {
             let size = values
                 .get("packet_size")
                 .copied()
-                .ok_or("packet without a size")? as usize
+                .ok_or("packet without a size")?
                 / 8;
-            let content = values
-                .get("content_size")
-                .copied()
-                .unwrap_or(size as u64 * 8) as usize
-                / 8;
-            if size < got || content > size || content < at {
-                if size < got && size >= at && content <= size {
-                    // A small packet: give back what belongs to the next one.
-                    reader
-                        .seek(SeekFrom::Current(size as i64 - got as i64))
-                        .map_err(|e| e.to_string())?;
-                    head.truncate(size);
-                } else {
-                    return Err("packet sizes do not add up".into());
-                }
+            let content = values.get("content_size").copied().unwrap_or(size * 8) / 8;
+            if content > size || content < at as u64 {
+                return Err("packet sizes do not add up".into());
+            }
+            // Past the end of the file, a packet is cut short (the disk
+            // filled, a crash): its whole events only.
+            let (size, content) = (size.min(left) as usize, content.min(left) as usize);
+            if size == 0 {
+                return Err("a packet of size 0".into());
+            }
+            if size < got {
+                // A small packet: give back what belongs to the next one.
+                reader
+                    .seek(SeekFrom::Current(size as i64 - got as i64))
+                    .map_err(|e| e.to_string())?;
+                head.truncate(size);
             }
             self.packet.clear();
             self.packet.extend_from_slice(&head);
@@ -135,13 +146,10 @@ impl Stream {
                 let have = self.packet.len();
                 self.packet.resize(size, 0);
                 let got = read_up_to(reader, &mut self.packet[have..])?;
-                if got < size - have {
-                    // A packet cut short (the disk filled, a crash): its
-                    // whole events only.
-                    self.packet.truncate(have + got);
-                }
+                self.packet.truncate(have + got);
             }
-            self.cut = content > self.packet.len();
+            self.cut = (content as u64) < values.get("content_size").map_or(0, |c| c / 8)
+                || content > self.packet.len();
             self.layout = info.by_class[&class];
             self.at = at;
             self.end = content.min(self.packet.len());
@@ -344,6 +352,74 @@ fn open_trace(dir: &Path) -> Result<TraceInfo, String> {
         layouts,
         by_class,
     })
+}
+
+/// Whether the packets of the traces under `root` could be LTTng's: the
+/// first whose sizes cannot be (none, content beyond the packet or within
+/// its header, a magic number that is not CTF's), in one line. libbabeltrace2
+/// asserts on some of these and aborts the process reading through it;
+/// this is asked before it reads. Traces whose metadata this reader does
+/// not parse are left to libbabeltrace2.
+pub fn check(root: &Path) -> Result<(), String> {
+    let mut dirs = Vec::new();
+    find_traces(root, &mut dirs, 0);
+    let mut head = vec![0u8; 4096];
+    for dir in &dirs {
+        let (Ok(info), Ok(entries)) = (open_trace(dir), std::fs::read_dir(dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_file())
+                || path.file_name().is_some_and(|n| n == "metadata")
+            {
+                continue;
+            }
+            let bad = |off: u64, why: &str| {
+                Err(format!("{}: packet at byte {off}: {why}", path.display()))
+            };
+            let mut f =
+                File::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let len = f.metadata().map_err(|e| e.to_string())?.len();
+            let mut off = 0;
+            while off < len {
+                f.seek(SeekFrom::Start(off)).map_err(|e| e.to_string())?;
+                let got = read_up_to(&mut f, &mut head)?;
+                let mut values = HashMap::new();
+                let mut at = 0;
+                let parsed = (|| -> Result<(), String> {
+                    if let Some(h) = &info.meta.packet_header {
+                        read_struct(h, &head[..got], &mut at, &mut values)?;
+                    }
+                    let class = values.get("stream_id").copied().unwrap_or(0);
+                    read_struct(
+                        &info.layout(class)?.packet_context,
+                        &head[..got],
+                        &mut at,
+                        &mut values,
+                    )
+                })();
+                if let Err(why) = parsed {
+                    return bad(off, &why);
+                }
+                if values.get("magic").is_some_and(|&m| m != 0xC1FC_1FC1) {
+                    return bad(off, "not a CTF packet (its magic number)");
+                }
+                let Some(&size) = values.get("packet_size") else {
+                    return bad(off, "no packet_size");
+                };
+                let content = values.get("content_size").copied().unwrap_or(size);
+                if size == 0 || size % 8 != 0 || size >= 1 << 62 {
+                    return bad(off, &format!("packet_size {size} bits"));
+                }
+                if content > size || content < 8 * at as u64 {
+                    return bad(off, &format!("content_size {content} bits in a packet of {size} bits with {at} bytes of header"));
+                }
+                off += size / 8;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads the traces under `root` in time order, as `bt2::read` does;
