@@ -78,10 +78,26 @@ fn backend() -> &'static str {
     control::backend_name()
 }
 
-/// Whether some LTTng session currently records `python:call` or the
-/// fast mode's batches.
+/// Why nothing can be traced here (LTTng-UST missing), or None. Loads
+/// LTTng-UST (its threads start) the first time, as tracing would.
 #[pyfunction]
-fn session_active() -> bool {
+fn _no_tracing(py: Python<'_>) -> Option<String> {
+    py.detach(ffi::lttng::provider_warning)
+}
+
+/// Under `record`: this process (the program) gets `signal` when `record`,
+/// its parent `parent`, dies; false when it is already gone.
+#[pyfunction]
+fn _die_with_parent(signal: i32, parent: i32) -> bool {
+    ffi::lttng::die_with_parent(signal, parent)
+}
+
+/// Whether some LTTng session currently records `python:call` or the
+/// fast mode's batches (LTTng-UST is loaded at the first call, as it
+/// registers with the session daemon: a session is seen once it has).
+#[pyfunction]
+fn session_active(py: Python<'_>) -> bool {
+    py.detach(ffi::lttng::load_provider);
     ffi::lttng::on(ffi::lttng::EV_CALL) || ffi::lttng::on(ffi::lttng::EV_FAST)
 }
 
@@ -132,8 +148,8 @@ fn _thread_start(frame: &Bound<'_, PyAny>, event: &str, arg: Option<&Bound<'_, P
 /// `os.register_at_fork` callbacks: LTTng-UST's fork protocol, so a forked
 /// child traces under its own pid.
 #[pyfunction]
-fn _before_fork() {
-    control::before_fork()
+fn _before_fork(py: Python<'_>) {
+    control::before_fork(py)
 }
 
 #[pyfunction]
@@ -502,8 +518,8 @@ fn _pyust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // Number of tracepoints defined (9); also keeps them linked.
     m.add("_tracepoints", ffi::lttng::tracepoint_count())?;
-    // Why nothing can be traced here (LTTng-UST missing), or None.
-    m.add("_no_tracing", ffi::lttng::provider_warning())?;
+    m.add_function(wrap_pyfunction!(_no_tracing, m)?)?;
+    m.add_function(wrap_pyfunction!(_die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(enable, m)?)?;
     m.add_function(wrap_pyfunction!(disable, m)?)?;
     m.add_function(wrap_pyfunction!(is_enabled, m)?)?;

@@ -56,10 +56,25 @@ mod raw {
         pub fn pyust_guard_stop_signals() -> c_int;
         pub fn pyust_block_signals();
         pub fn clock_gettime(clock: c_int, ts: *mut Timespec) -> c_int;
+        pub fn pthread_setname_np(thread: std::ffi::c_ulong, name: *const c_char) -> c_int;
+        pub fn prctl(option: c_int, arg2: std::ffi::c_ulong, ...) -> c_int;
+        pub fn getppid() -> c_int;
         pub fn pyust_tp_before_fork();
         pub fn pyust_tp_after_fork_parent();
         pub fn pyust_tp_after_fork_child();
         pub fn pyust_forward_sigusr1(pid: c_int) -> c_int;
+    }
+}
+
+/// Names a thread just spawned (as `pyust-*`) before it runs: std names a
+/// thread from within, once it is scheduled, and a fork meanwhile would
+/// count it as one of the program's (`record::forkwarn`).
+pub fn name_thread<T>(thread: &std::thread::JoinHandle<T>, name: &CStr) {
+    use std::os::unix::thread::JoinHandleExt;
+    // SAFETY: the handle's thread is alive until joined (the handle is
+    // borrowed); the name is NUL-terminated and within 16 bytes.
+    unsafe {
+        raw::pthread_setname_np(thread.as_pthread_t() as std::ffi::c_ulong, name.as_ptr());
     }
 }
 
@@ -233,6 +248,17 @@ pub fn block_signals() {
 pub fn guard_stop_signals() {
     // SAFETY: installs a handler (sigaction) only over the default action.
     unsafe { raw::pyust_guard_stop_signals() };
+}
+
+/// This process gets `signal` when its parent (`parent`) dies; false when
+/// the parent is already gone (or another process's child now).
+pub fn die_with_parent(signal: c_int, parent: c_int) -> bool {
+    const PR_SET_PDEATHSIG: c_int = 1;
+    // SAFETY: prctl with an option that sets a flag of this process only;
+    // getppid takes nothing.
+    unsafe {
+        raw::prctl(PR_SET_PDEATHSIG, signal as std::ffi::c_ulong) == 0 && raw::getppid() == parent
+    }
 }
 
 /// The calling thread's id (what LTTng's `vtid` context records).

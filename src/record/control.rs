@@ -32,7 +32,8 @@ static WATCHER: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
 
 /// Prepares the hot path and the backend; called once at module import.
 pub fn init(py: Python<'_>) {
-    tp::load_provider();
+    // (LTTng-UST is loaded when tracing is first asked for: importing
+    // pyust starts no thread.)
     hook::init(py);
     backend::init(py);
     fast::init();
@@ -206,31 +207,31 @@ fn start_watcher(py: Python<'_>) -> PyResult<()> {
         return Ok(());
     }
     WATCH_STOP.store(false, Ordering::SeqCst);
-    *watcher = Some(
-        std::thread::Builder::new()
-            .name("pyust-watcher".into())
-            .spawn(|| {
-                tp::block_signals();
-                loop {
-                    std::thread::sleep(WATCH_PERIOD);
-                    if WATCH_STOP.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    if wanted_shape() != SHAPE.load(Ordering::SeqCst) {
-                        Python::attach(|py| {
-                            if WATCH_STOP.load(Ordering::SeqCst) {
-                                return;
-                            }
-                            if let Err(err) = sync(py) {
-                                // Nobody to raise it to: the program goes on untraced.
-                                err.write_unraisable(py, None);
-                            }
-                        });
-                    }
+    let handle = std::thread::Builder::new()
+        .name("pyust-watcher".into())
+        .spawn(|| {
+            tp::block_signals();
+            loop {
+                std::thread::sleep(WATCH_PERIOD);
+                if WATCH_STOP.load(Ordering::SeqCst) {
+                    break;
                 }
-            })
-            .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?,
-    );
+                if wanted_shape() != SHAPE.load(Ordering::SeqCst) {
+                    Python::attach(|py| {
+                        if WATCH_STOP.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        if let Err(err) = sync(py) {
+                            // Nobody to raise it to: the program goes on untraced.
+                            err.write_unraisable(py, None);
+                        }
+                    });
+                }
+            }
+        })
+        .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?;
+    tp::name_thread(&handle, c"pyust-watcher");
+    *watcher = Some(handle);
     drop(watcher);
     static AT_EXIT: std::sync::Once = std::sync::Once::new();
     let mut result = Ok(());
@@ -260,7 +261,11 @@ pub fn stop_watcher(py: Python<'_>) {
 /// to the matching after-fork hook, the forking thread emits nothing: the
 /// other at-fork hooks that run meanwhile would emit with LTTng's fork
 /// locks held, or in the child before it is re-registered.
-pub fn before_fork() {
+pub fn before_fork(py: Python<'_>) {
+    #[cfg(Py_3_12)]
+    super::forkwarn::before_fork(py);
+    #[cfg(not(Py_3_12))]
+    let _ = py;
     if record_path().is_some() && ENABLED.load(Ordering::SeqCst) {
         // Under `record`: the child says on this pair when it is tracked.
         // (Close-on-exec: a child that execs says so by closing it.)
@@ -309,6 +314,8 @@ fn release_parent() {
 /// frames running at the fork (the parent's) close without a trace, and
 /// the watcher thread, which did not survive the fork, starts anew.
 pub fn after_fork_child(py: Python<'_>) {
+    #[cfg(Py_3_12)]
+    super::forkwarn::after_fork_child(py);
     tp::after_fork_child();
     fast::after_fork_child();
     hook::restart_nesting();

@@ -302,7 +302,7 @@ fn ensure_flusher() {
         return;
     }
     tp::guard_stop_signals();
-    let _ = std::thread::Builder::new()
+    let flusher = std::thread::Builder::new()
         .name("pyust-flusher".into())
         .spawn(move || {
             tp::block_signals();
@@ -320,6 +320,9 @@ fn ensure_flusher() {
                 flush_registered(Some(t));
             }
         });
+    if let Ok(flusher) = &flusher {
+        tp::name_thread(flusher, c"pyust-flusher");
+    }
 }
 
 /// Commits every thread's batch (`older_than`: only those whose first

@@ -9,7 +9,9 @@
 //! - `hook`: the hot path both share — per-thread nesting, names cached
 //!   per code object and per C function, the emitters;
 //! - `names`: a code object's qualified name and module, found once;
-//! - `fast`: the fast mode's per-thread batches (format: `crate::format`).
+//! - `fast`: the fast mode's per-thread batches (format: `crate::format`);
+//! - `forkwarn` (3.12+): CPython's fork-with-threads warning, not for
+//!   LTTng-UST's threads or pyust's.
 //!
 //! Nothing here reads traces (`crate::read`) or analyses them.
 
@@ -17,6 +19,8 @@ mod cfuncs;
 mod codes;
 mod control;
 mod fast;
+#[cfg(Py_3_12)]
+mod forkwarn;
 pub mod hook;
 #[cfg(Py_3_12)]
 mod monitor;

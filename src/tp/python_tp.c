@@ -79,12 +79,14 @@ const char *pyust_tp_load(void)
 		return pyust_load_error;
 	}
 	/* dlsym on a handle also searches its dependencies (liblttng-ust). */
-	*(void **) &pyust_ust_before_fork =
-		dlsym(provider, "lttng_ust_before_fork");
+	/* The after-fork functions first: a fork that sees the before-fork
+	 * one (pyust_tp_before_fork) calls them. */
 	*(void **) &pyust_ust_after_fork_parent =
 		dlsym(provider, "lttng_ust_after_fork_parent");
 	*(void **) &pyust_ust_after_fork_child =
 		dlsym(provider, "lttng_ust_after_fork_child");
+	__atomic_store_n((void **) &pyust_ust_before_fork,
+			 dlsym(provider, "lttng_ust_before_fork"), __ATOMIC_RELEASE);
 	return NULL;
 }
 
@@ -293,23 +295,32 @@ int32_t pyust_gettid(void)
  * the provider there is nothing to re-register.
  */
 static sigset_t pyust_fork_sigset;
+/*
+ * Whether this thread's fork went through LTTng-UST's before-fork: the
+ * provider is loaded when tracing is first asked for, which another
+ * thread may do while this one forks; the after-fork calls must match.
+ */
+static __thread int pyust_fork_ust __attribute__((tls_model("initial-exec")));
 
 void pyust_tp_before_fork(void)
 {
-	if (pyust_ust_before_fork)
+	pyust_fork_ust = pyust_ust_before_fork != NULL;
+	if (pyust_fork_ust)
 		pyust_ust_before_fork(&pyust_fork_sigset);
 }
 
 void pyust_tp_after_fork_parent(void)
 {
-	if (pyust_ust_after_fork_parent)
+	if (pyust_fork_ust)
 		pyust_ust_after_fork_parent(&pyust_fork_sigset);
+	pyust_fork_ust = 0;
 }
 
 void pyust_tp_after_fork_child(void)
 {
-	if (pyust_ust_after_fork_child)
+	if (pyust_fork_ust)
 		pyust_ust_after_fork_child(&pyust_fork_sigset);
+	pyust_fork_ust = 0;
 }
 
 /*

@@ -140,8 +140,9 @@ def attach(argv: list[str]) -> int:
         fail(f"no process {pid}")
     from .. import _pyust
 
-    if _pyust._no_tracing:
-        fail(_pyust._no_tracing)
+    problem = _pyust._no_tracing()
+    if problem:
+        fail(problem)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     output = os.path.abspath(args.output or os.path.join("pyust-traces", f"pid{pid}-{stamp}"))
     if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):

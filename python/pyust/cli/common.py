@@ -187,7 +187,7 @@ def run_traced(target: Target) -> int:
     if snapshot_pid.isdigit():
         _pyust._forward_snapshot_signal(int(snapshot_pid))
     # (Without LTTng-UST, _pyust.run says that instead, in one line.)
-    if not _pyust.session_active() and not _pyust._no_tracing:
+    if not _pyust.session_active() and not _pyust._no_tracing():
         print(
             "pyust: no LTTng session is recording python:* events; running the script "
             "anyway (see `pyust record`, or `lttng enable-event -u 'python:*'`)",

@@ -271,8 +271,9 @@ def record(argv: list[str]) -> int:
             fail(f"cannot run module {target.module!r}: No module named {top!r}")
     from .. import _pyust
 
-    if _pyust._no_tracing:  # LTTng-UST is not installed
-        fail(_pyust._no_tracing)
+    problem = _pyust._no_tracing()
+    if problem:  # LTTng-UST is not installed
+        fail(problem)
     lttng = _lttng()
     if view and shutil.which("babeltrace2") is None:
         fail("--view needs babeltrace2 (apt-get install babeltrace2)")
