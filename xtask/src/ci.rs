@@ -20,9 +20,12 @@ pub fn ci(sh: &Shell) -> Result<()> {
         "cargo clippy --workspace --all-targets --quiet -- -D warnings"
     )
     .run()?;
-    step("cargo test (xtask: normalizer; pyust: report formats)");
+    step("cargo test (xtask: normalizer; pyust: report formats, the readers fuzzed)");
     cmd!(sh, "cargo test --quiet -p xtask").run()?;
-    cmd!(sh, "cargo test --quiet -p pyust --lib").run()?;
+    // 4000 corrupted traces per fuzz target: about 8 s here.
+    cmd!(sh, "cargo test --quiet -p pyust --lib")
+        .env("PROPTEST_CASES", "4000")
+        .run()?;
     layout::check(sh)?;
 
     // The wheels first: each CPython's tests below run on its wheel, as

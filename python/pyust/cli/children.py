@@ -43,14 +43,18 @@ class Tracker:
         session: str,
         on_track: Callable[[list[int]], None] | None = None,
         isolate: bool = True,
+        on_forget: Callable[[list[int]], None] | None = None,
     ) -> None:
         self.lttng = lttng
         self.session = session
         self.on_track = on_track
+        self.on_forget = on_forget
         # --all-processes: every process joins at once, nothing is tracked.
         self.isolate = isolate
         self.tracked: set[int] = set()
         self.refused = 0
+        # Why processes were refused, or the tracker stumbled (first reason).
+        self.problem = ""
         self.folder = tempfile.mkdtemp(prefix="pyust-record-")
         self.path = os.path.join(self.folder, "control")
         if len(os.fsencode(self.path)) > 100:  # beyond a socket address's room
@@ -63,8 +67,14 @@ class Tracker:
         with open(self.untraced_path, "w"):
             pass
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(self.path)
-        self.listener.listen(64)
+        try:
+            self.listener.bind(self.path)
+            self.listener.listen(64)
+        except OSError:
+            # (record says why in one line: nothing of it is left behind.)
+            self.listener.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
         self.listener.setblocking(False)
         self.wake_r, self.wake_w = os.pipe()
         self.thread = threading.Thread(target=self._serve, name="pyust-tracker", daemon=True)
@@ -114,19 +124,26 @@ class Tracker:
         ]
 
     def _serve(self) -> None:
+        """The thread: answers, forgets; it outlives any one error (a
+        process limit, no file descriptor left): every process still gets
+        an answer, and `problem` says what went wrong."""
         forgot = time.monotonic()
         while True:
             watched: list[socket.socket | int] = [self.listener, self.wake_r]
-            ready, _, _ = select.select(watched, [], [], FORGET_PERIOD)
-            if self.wake_r in ready:
-                return
-            if self.listener in ready:
-                self._answer(self._pending())
-            # Not between two forks: a process that asks meanwhile would
-            # wait for the untracking (up to 0.2 s) before its answer.
-            if not ready or time.monotonic() - forgot > FORGET_PERIOD:
-                self._forget_ended()
-                forgot = time.monotonic()
+            try:
+                ready, _, _ = select.select(watched, [], [], FORGET_PERIOD)
+                if self.wake_r in ready:
+                    return
+                if self.listener in ready:
+                    self._answer(self._pending())
+                # Not between two forks: a process that asks meanwhile would
+                # wait for the untracking (up to 0.2 s) before its answer.
+                if not ready or time.monotonic() - forgot > FORGET_PERIOD:
+                    self._forget_ended()
+                    forgot = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 (the thread must go on)
+                self.problem = self.problem or str(exc)
+                time.sleep(0.01)
 
     def _pending(self) -> list[tuple[socket.socket, int]]:
         """Every connection waiting now (a Pool forks its workers at once:
@@ -135,7 +152,11 @@ class Tracker:
         while True:
             try:
                 conn, _ = self.listener.accept()
-            except OSError:  # none left waiting (BlockingIOError), or closed
+            except BlockingIOError:  # none left waiting
+                return waiting
+            except OSError as exc:  # no descriptor left (EMFILE): later
+                self.problem = self.problem or f"cannot accept a process: {exc.strerror}"
+                time.sleep(0.01)
                 return waiting
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             waiting.append((conn, struct.unpack("3i", creds)[0]))
@@ -152,7 +173,9 @@ class Tracker:
                 if self.on_track is not None:
                     self.on_track(new)
             else:
-                failure = f"no lttng track failed: {_lttng_error(proc)}\n".encode()
+                reason = f"lttng track failed: {_lttng_error(proc)}"
+                self.problem = self.problem or reason
+                failure = f"no {reason}\n".encode()
         for conn, pid in waiting:
             if pid in self.tracked:
                 reply = b"go\n"
@@ -171,6 +194,8 @@ class Tracker:
             if self.isolate:
                 self._lttng("untrack", ended)
             self.tracked.difference_update(ended)
+            if self.on_forget is not None:
+                self.on_forget(ended)
 
     def _lttng(self, command: str, pids: list[int]) -> subprocess.CompletedProcess[str]:
         vpids = ",".join(map(str, pids))

@@ -36,6 +36,11 @@ RECORD_ENV = "PYUST_RECORD"
 # passes SIGUSR1 on.
 SNAPSHOT_ENV = "PYUST_SNAPSHOT"
 
+# `record`'s pid, for the program it starts (only): the program ends when
+# record dies (SIGTERM from the kernel, PR_SET_PDEATHSIG).
+PARENT_ENV = "PYUST_RECORD_PARENT"
+SIGTERM = 15  # (Linux; the `signal` module would be imported into the program)
+
 
 class UsageError(Exception):
     """Bad input: reported as one line, exit status 2."""
@@ -177,6 +182,9 @@ def run_traced(target: Target) -> int:
     from .. import _pyust
 
     code, namespace = load_target(target)
+    parent = os.environ.pop(PARENT_ENV, "")
+    if parent.isdigit() and not _pyust._die_with_parent(SIGTERM, int(parent)):
+        return 128 + SIGTERM  # record died before the program started
     # Started by `pyust record`: wait until it records this process; the
     # Python processes the program starts join it too (see _boot).
     control = os.environ.get(RECORD_ENV)

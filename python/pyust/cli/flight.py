@@ -35,7 +35,9 @@ class FlightRecorder:
         self.session = session
         self.output = output
         self.exc_types = exc_types
-        self.triggers: list[str] = []
+        # The triggers in place, by process (None: any process).
+        self.triggers: dict[int | None, str] = {}
+        self.added = 0
         self.trigger_failed = False
         self.announced: set[str] = set()
         self.lock = threading.Lock()
@@ -67,7 +69,8 @@ class FlightRecorder:
         condition = " || ".join(f'exc_type == "{t}"' for t in self.exc_types)
         each: list[int | None] = list(pids) if pids else [None]
         for pid in each:
-            name = f"{self.session}-on-{len(self.triggers)}"
+            name = f"{self.session}-on-{self.added}"
+            self.added += 1
             rule = condition if pid is None else f"({condition}) && $ctx.vpid == {pid}"
             proc = _run_lttng(
                 self.lttng,
@@ -82,10 +85,19 @@ class FlightRecorder:
                 "--rate-policy=once-after:1",
             )
             if proc.returncode == 0:
-                self.triggers.append(name)
+                self.triggers[pid] = name
             elif not self.trigger_failed:
                 self.trigger_failed = True
                 _say(f"pyust: --snapshot-on: lttng add-trigger failed: {_lttng_error(proc)}")
+
+    def forget(self, pids: list[int]) -> None:
+        """The triggers of processes that have ended go (each trigger is
+        handed to every process that registers with the session daemon:
+        a program forking 40 children had 41, each fork slower)."""
+        for pid in pids:
+            name = self.triggers.pop(pid, None)
+            if name is not None:
+                _run_lttng(self.lttng, "remove-trigger", name)
 
     def close(self) -> None:
         """Stops the thread and removes the triggers (the session stays)."""
@@ -94,8 +106,9 @@ class FlightRecorder:
             self.thread.join(timeout=30)
         os.close(self.wake_r)
         os.close(self.wake_w)
-        for name in self.triggers:
+        for name in self.triggers.values():
             _run_lttng(self.lttng, "remove-trigger", name)
+        self.triggers.clear()
 
     def snapshot(self, why: str) -> str | None:
         """Takes a snapshot now; the reason lttng gave when it cannot."""
@@ -137,3 +150,12 @@ class FlightRecorder:
                     if problem:
                         _say(f"pyust: snapshot on SIGUSR1 failed: {problem}")
             self.announce()
+
+
+def remove_triggers(lttng: str, session: str) -> None:
+    """Every trigger of `session`'s flight recorder (the watchdog's
+    cleanup: record could not remove them)."""
+    listing = _run_lttng(lttng, "list-triggers")
+    for name in re.findall(r"^- name: (\S+)$", listing.stdout, re.MULTILINE):
+        if name.startswith(f"{session}-on-"):
+            _run_lttng(lttng, "remove-trigger", name)

@@ -189,9 +189,16 @@ def _lttng() -> str:
 
 
 def _run_lttng(lttng: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [lttng, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
-    )
+    """`lttng ARGS`; when it cannot even be started (no file descriptor or
+    process left: EMFILE, EAGAIN), a failed run saying why."""
+    try:
+        return subprocess.run(
+            [lttng, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+        )
+    except OSError as exc:
+        return subprocess.CompletedProcess(
+            [lttng, *args], 126, "", f"cannot run lttng: {exc.strerror}"
+        )
 
 
 def _lttng_error(proc: subprocess.CompletedProcess[str]) -> str:

@@ -17,6 +17,7 @@ import sys
 from .args import Parser
 from .children import Tracker, adopt_orphans
 from .common import (
+    PARENT_ENV,
     RECORD_ENV,
     SNAPSHOT_ENV,
     Target,
@@ -52,6 +53,7 @@ from .lttng import (
 from .session import Session
 from .signals import StopSignals
 from .view import show
+from .watchdog import Watchdog
 
 # How long record waits, after the program, for the processes it started
 # and left running to end (their last events come before the session stops).
@@ -295,6 +297,8 @@ def record(argv: list[str]) -> int:
     # (`*-app` attaches to every host's run of app.py).
     name = f"pyust-{os.getpid()}-{stamp}-{re.sub(r'[^A-Za-z0-9_.-]', '_', target.label)[:48]}"
     session = Session(lttng, name, relay)
+    # Cleans up if record is killed (SIGKILL, of it or its process group).
+    watchdog = Watchdog(lttng, name, output)
 
     status = 1
     on_terminal = _foreground_on_terminal()
@@ -340,9 +344,11 @@ def record(argv: list[str]) -> int:
                 name,
                 recorder.watch if recorder and not all_processes else None,
                 isolate=not all_processes,
+                on_forget=recorder.forget if recorder and not all_processes else None,
             )
         except OSError as exc:
             fail(f"cannot make record's control socket: {exc}")
+        watchdog.folder(tracker.folder)
         env[RECORD_ENV] = tracker.path
         session.run("start", name)
         if relay is not None and live:
@@ -360,11 +366,13 @@ def record(argv: list[str]) -> int:
         if signals.received:  # stopped while the session was being set up
             status = 128 + signals.received[0]
         else:
+            env[PARENT_ENV] = str(os.getpid())
             signals.child = subprocess.Popen(
                 [sys.executable, "-m", "pyust", "--", *target.argv],
                 start_new_session=not on_terminal,
                 env=env,
             )
+            watchdog.program(signals.child.pid)
             status = signals.child.wait()
             if status < 0:
                 status = 128 - status
@@ -380,10 +388,21 @@ def record(argv: list[str]) -> int:
         if tracker is not None:
             tracker.close()
             if tracker.refused:
-                _say(f"pyust: {tracker.refused} process(es) of the program could not be recorded")
+                _say(
+                    f"pyust: {tracker.refused} process(es) of the program could not be "
+                    f"recorded ({tracker.problem})"
+                )
+            elif tracker.problem:
+                _say(f"pyust: record's tracking of the program's processes: {tracker.problem}")
             for line in tracker.untraced:
                 _say(f"pyust: {line}")
-        session.finish(recorder, watch, max_size, output)
+        problem = session.finish(recorder, watch, max_size, output)
+        if problem:
+            # The watchdog (a process with its own limits) destroys it.
+            _say(f"pyust: record could not end the session ({problem}): its watchdog did")
+            watchdog.hand_over()
+        else:
+            watchdog.release()
         signals.restore()
     received = signals.received
     if relay is not None:

@@ -110,19 +110,22 @@ class Session:
         watch: DiskWatch | None,
         max_size: int | None,
         output: str,
-    ) -> None:
+    ) -> str | None:
         """Stops and destroys the session (the flight recorder's snapshot at
         exit between the two), then says what LTTng discarded, what the
-        disk did, what --max-size dropped."""
+        disk did, what --max-size dropped. Why the session could not be
+        destroyed (lttng could not be run), if so."""
         if not self.created:
-            return
+            return None
         _run_lttng(self.lttng, "stop", self.name)
         lost = discarded_events(self.lttng, self.name) if recorder is None else 0
         if recorder is not None:
             problem = recorder.snapshot("exit")
             if problem:
                 _say(f"pyust: no snapshot at exit: {problem}")
-        destroy(self.lttng, self.name)
+        problem = destroy(self.lttng, self.name)
+        if problem:
+            return problem
         if lost:
             _say(f"pyust: LTTng discarded {lost} events (ring buffers full)")
         if watch is not None and watch.free() == 0:
@@ -144,6 +147,7 @@ class Session:
                     f"packet(s) of the trace (about {human_size(gone_bytes)}) were "
                     f"dropped; the newest {human_size(kept)} are kept"
                 )
+        return None
 
 
 # How long `lttng destroy` may wait for the session's destruction to
@@ -153,7 +157,9 @@ class Session:
 DESTROY_WAIT = 10.0
 
 
-def destroy(lttng: str, name: str) -> None:
+def destroy(lttng: str, name: str) -> str | None:
+    """Destroys session `name`; why it could not, when lttng cannot even be
+    run (no file descriptor or process left)."""
     try:
         subprocess.run(
             [lttng, "destroy", name],
@@ -162,7 +168,10 @@ def destroy(lttng: str, name: str) -> None:
             timeout=DESTROY_WAIT,
             check=False,
         )
+    except OSError as exc:
+        return f"cannot run lttng: {exc.strerror}"
     except subprocess.TimeoutExpired:
         # Killed by run(); a session still listed is destroyed without waiting.
         if name in _run_lttng(lttng, "list").stdout:
             _run_lttng(lttng, "destroy", "--no-wait", name)
+    return None
