@@ -26,9 +26,10 @@ SCENARIOS = ROOT / "tests" / "scenarios"
 PYUST_DIR = Path(__import__("pyust").__file__).resolve().parent
 
 # Modules whose subject does not depend on the interpreter (the trace
-# readers, the timelines, record's relay streaming): `cargo xtask ci` runs
-# them on a few interpreters only, saying why in PYUST_SKIP_SHARED.
-SHARED_MODULES = ("test_reader.py", "test_timeline.py", "test_relay.py")
+# readers, the timelines, record's relay streaming, record's lifetime):
+# `cargo xtask ci` runs them on a few interpreters only (3.8, 3.14t, 3.15:
+# before and after CPython's fork warning), saying why in PYUST_SKIP_SHARED.
+SHARED_MODULES = ("test_reader.py", "test_timeline.py", "test_relay.py", "test_lifetime.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -158,3 +158,33 @@ def test_attach_to_a_bad_target_is_one_line(sessiond: None, tmp_path: Path) -> N
         finally:
             old.kill()
             old.wait()
+
+
+@NEEDS_314
+def test_attach_killed_leaves_no_session(sessiond: None, tmp_path: Path) -> None:
+    # SIGKILL of attach: its watchdog destroys the session; the process
+    # runs on, its trace up to then readable.
+    loop = start_loop(tmp_path)
+    out = tmp_path / "trace"
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pyust", "attach", str(loop.pid), "-o", str(out)],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None
+        assert proc.stderr.readline() == f"pyust: recording process {loop.pid}; Ctrl-C stops\n"
+        time.sleep(0.3)
+        proc.kill()
+        rest = proc.stderr.read()  # until the watchdog has cleaned up
+        proc.wait()
+        assert rest.startswith("pyust: attach was killed; its watchdog destroyed session "), rest
+        assert pyust_sessions() == []
+        assert loop.poll() is None
+        view = run_python("-m", "pyust", "view", str(out))
+        assert view.returncode == 0, view.stderr
+        assert 'co_name = "tick"' in view.stdout
+    finally:
+        (tmp_path / "stop").touch()
+        loop.wait(timeout=30)

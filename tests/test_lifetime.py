@@ -167,7 +167,9 @@ def test_record_killed_leaves_nothing_running(sessiond: None, tmp_path: Path, wh
     # The watchdog (a session of its own) says what it did on record's stderr.
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    assert err.startswith("pyust: record ended before its program; the watchdog "), err
+    assert err.startswith("pyust: record was killed; its watchdog killed the program, ") or (
+        err.startswith("pyust: record was killed; its watchdog destroyed session ")
+    ), err
     assert f"(trace in {out})" in err
     _nothing_left(tmp_path, pid)
     view = run_python("-m", "pyust", "view", str(out))
@@ -249,12 +251,13 @@ def test_record_out_of_file_descriptors_answers_every_process(
     assert len(refused) == 30, stderr
     reason = "lttng track failed: cannot run lttng: Too many open files"
     assert all(line.endswith(reason) for line in refused), stderr
-    assert f"pyust: 30 process(es) of the program could not be recorded ({reason})" in lines
-    assert lines[-2:] == [
-        "pyust: record could not end the session (cannot run lttng: Too many open files): "
-        "its watchdog did",
-        f"pyust: trace written to {out}",
-    ]
+    refused_line = f"process(es) of the program could not be recorded ({reason})"
+    assert f"pyust: 30 {refused_line}" in lines
+    assert lines[-1] == f"pyust: trace written to {out}"
+    # At the end, with the tracker's descriptors back, lttng may run again
+    # (3.14t here); if not, the watchdog ended the session.
+    handed = "pyust: record could not end the session (cannot run lttng: Too many open files)"
+    assert lines[-2] in (f"{handed}: its watchdog did", f"pyust: 30 {refused_line}")
     assert pyust_sessions() == []
     view = run_python("-m", "pyust", "view", str(out))
     assert view.returncode == 0

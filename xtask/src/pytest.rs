@@ -101,7 +101,7 @@ const REGRTEST_REASON: &str = "cargo xtask ci runs CPython's regression tests un
 /// one, the newest (`sys.monitoring`, in the container). On the others,
 /// tests/test_children.py runs fewer pools per start method.
 const SHARED_ON: [&str; 3] = ["3.8", "3.14t", "3.15"];
-const SHARED_REASON: &str = "cargo xtask ci runs the reader, timeline and relay tests on CPython 3.8, 3.14t and 3.15 (they do not depend on the interpreter), to stay within its time budget";
+const SHARED_REASON: &str = "cargo xtask ci runs the reader, timeline, relay and record-lifetime tests on CPython 3.8, 3.14t and 3.15 (they do not depend on the interpreter), to stay within its time budget";
 
 /// `clippy`, the pytest suites and the e2e snapshots (`e2e --local`) for
 /// each of `CONTAINER_PYTHONS`, in a container of the dev image on `base`,

@@ -23,6 +23,7 @@ from .common import BOOT, RECORD_ENV, _say, fail, parse_duration
 from .lttng import DEFAULT_MODE, NUM_SUBBUF, _lttng, ensure_session_daemon, subbuf_size
 from .record import _mode, output_option
 from .session import Session
+from .watchdog import Watchdog
 
 # The script the process runs to join: {control} and {boot} are filled in.
 JOIN = """\
@@ -152,6 +153,8 @@ def attach(argv: list[str]) -> int:
 
     name = f"pyust-{os.getpid()}-{stamp.replace('-', '')}-pid{pid}"
     session = Session(lttng, name, None)
+    # Destroys the session if attach is killed (the process stays).
+    watchdog = Watchdog(lttng, name, output, "attach")
     tracker: Tracker | None = None
     stop: list[int] = []
     old = {
@@ -164,6 +167,7 @@ def attach(argv: list[str]) -> int:
         session.enable(args.mode, not args.no_c_calls, [], subbuf_size(), NUM_SUBBUF, [], 0)
         session.run("untrack", "--userspace", f"--session={name}", "--all", "--vpid")
         tracker = Tracker(lttng, name)
+        watchdog.folder(tracker.folder)
         session.run("start", name)
         fill = {
             "env": RECORD_ENV,
@@ -221,7 +225,12 @@ def attach(argv: list[str]) -> int:
             tracker.close()
             for line in tracker.untraced:
                 _say(f"pyust: {line}")
-        session.finish(None, None, None, output)
+        problem = session.finish(None, None, None, output)
+        if problem:
+            _say(f"pyust: attach could not end the session ({problem}): its watchdog did")
+            watchdog.hand_over()
+        else:
+            watchdog.release()
         for sig, handler in old.items():
             signal.signal(sig, handler)
     if not joined:

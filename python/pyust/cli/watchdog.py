@@ -17,7 +17,8 @@ watchdog:
 
 and says so in one line on stderr (record's, if it is still open).
 
-Run by `record` only, as a script: watchdog.py LTTNG SESSION OUTPUT.
+Run by `record` (and `attach`, which has no program to end) only, as a
+script: watchdog.py LTTNG SESSION OUTPUT WHO.
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ SCRIPT = os.path.abspath(__file__)
 class Watchdog:
     """`record`'s end of it: start, tell it the program, release it."""
 
-    def __init__(self, lttng: str, session: str, output: str) -> None:
+    def __init__(self, lttng: str, session: str, output: str, who: str = "record") -> None:
         read, self.pipe = os.pipe()
         try:
             self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-                [sys.executable, SCRIPT, lttng, session, output],
+                [sys.executable, SCRIPT, lttng, session, output, who],
                 stdin=read,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,
@@ -121,7 +122,7 @@ def _end_program(pid: int, pidfd: int | None) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    lttng, session, output = argv
+    lttng, session, output, who = argv
     folder = ""
     # Nothing of the terminal's reaches here, but a stray SIGINT (a shell
     # kills a whole session) must not stop the cleanup half way.
@@ -166,7 +167,7 @@ def main(argv: list[str]) -> int:
         return 0
     try:
         sys.stderr.write(
-            f"pyust: record ended before its program; the watchdog "
+            f"pyust: {who} was killed; its watchdog "
             f"{'killed the program, ' if killed else ''}destroyed session {session} "
             f"(trace in {output})\n"
         )
