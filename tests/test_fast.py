@@ -69,6 +69,39 @@ def test_fast_mode_gives_the_readable_events(sessiond: None, tmp_path: Path, sce
     assert " python:" not in babeltrace(fast)
 
 
+def procnames(text: str) -> dict[str, set[str]]:
+    """Each function's calls' procname (the emitting thread's, as LTTng
+    records it), from babeltrace2's or `pyust view`'s text."""
+    names: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        m = re.search(r'procname = "([^"]*)".* co_name = "([^"]*)"', line)
+        if m and "python:call:" in line:
+            names.setdefault(m[2], set()).add(m[1])
+    return names
+
+
+def test_an_idle_threads_events_keep_its_name(sessiond: None, tmp_path: Path) -> None:
+    # An idle thread's batch is committed by pyust's flusher thread: its
+    # events were named `pyust-flusher` in view, report, top and the
+    # flame graph instead of the program's thread's name.
+    script = write_script(
+        tmp_path,
+        "idle.py",
+        "import threading, time\n"
+        "def early():\n    pass\n"
+        "def late():\n    pass\n"
+        "def worker():\n    early()\n    time.sleep(0.4)\n    late()\n"
+        "early()\n"
+        "t = threading.Thread(target=worker)\nt.start()\n"
+        "time.sleep(0.4)\n"  # the flusher commits both threads' batches meanwhile
+        "late()\nt.join()\n",
+    )
+    readable = procnames(babeltrace(record(tmp_path, "readable", script, "--mode", "readable")))
+    fast_trace = record(tmp_path, "fast", script, "--mode", "fast")
+    fast = procnames(run_python("-m", "pyust", "view", str(fast_trace)).stdout)
+    assert readable["early"] and fast == readable, (fast, readable)
+
+
 def test_threads_fork_and_exceptions(sessiond: None, tmp_path: Path) -> None:
     script = write_script(
         tmp_path,

@@ -12,6 +12,10 @@ use crate::read::event::{Event, Kind, Message};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
+/// The names of pyust's own threads start so (`pyust-flusher` commits the
+/// batches of idle threads).
+const PYUST_THREAD: &str = "pyust-";
+
 /// How long unpacked events wait for the batches of other threads.
 const WINDOW: i64 = 400_000_000;
 
@@ -64,6 +68,11 @@ pub(super) struct Decoder {
     defs: HashMap<(u32, i64, u32), Names>,
     procnames: Vec<String>,
     procname_index: HashMap<String, u32>,
+    /// The name of each thread (host, pid, tid), and of each process (tid
+    /// -1), as their own events gave it: a batch committed by pyust's
+    /// flusher thread carries the flusher's name (`pyust-flusher`), not
+    /// that of the thread whose records it holds.
+    names_seen: HashMap<(u32, i64, i64), u32>,
     heap: BinaryHeap<Reverse<Pending>>,
     seq: u64,
     /// Everything up to here was handed over.
@@ -87,6 +96,7 @@ impl Decoder {
             defs: HashMap::new(),
             procnames: Vec::new(),
             procname_index: HashMap::new(),
+            names_seen: HashMap::new(),
             heap: BinaryHeap::new(),
             seq: 0,
             released: i64::MIN,
@@ -105,6 +115,12 @@ impl Decoder {
         };
         match ev.kind {
             Kind::Def => {
+                // Written by the thread that first ran the code: a thread
+                // of the program.
+                let name = self.intern(ev.procname);
+                if !ev.procname.starts_with(PYUST_THREAD) {
+                    self.names_seen.insert((ev.host, ev.vpid, -1), name);
+                }
                 let id = ev.id as u32;
                 self.defs.insert(
                     (ev.host, ev.vpid, id),
@@ -134,17 +150,32 @@ impl Decoder {
         }
     }
 
-    fn unpack(&mut self, ev: &Event<'_>) {
-        self.stats.batches += 1;
-        let procname = match self.procname_index.get(ev.procname) {
+    fn intern(&mut self, procname: &str) -> u32 {
+        match self.procname_index.get(procname) {
             Some(&i) => i,
             None => {
                 let i = self.procnames.len() as u32;
-                self.procnames.push(ev.procname.to_owned());
-                self.procname_index.insert(ev.procname.to_owned(), i);
+                self.procnames.push(procname.to_owned());
+                self.procname_index.insert(procname.to_owned(), i);
                 i
             }
-        };
+        }
+    }
+
+    fn unpack(&mut self, ev: &Event<'_>) {
+        self.stats.batches += 1;
+        let mut procname = self.intern(ev.procname);
+        if !ev.procname.starts_with(PYUST_THREAD) {
+            self.names_seen
+                .insert((ev.host, ev.vpid, ev.vtid), procname);
+            self.names_seen.insert((ev.host, ev.vpid, -1), procname);
+        } else if let Some(&name) = self
+            .names_seen
+            .get(&(ev.host, ev.vpid, ev.vtid))
+            .or_else(|| self.names_seen.get(&(ev.host, ev.vpid, -1)))
+        {
+            procname = name;
+        }
         let word = |at: usize| -> Option<u32> {
             let b = ev.data.get(at..at + 4)?;
             Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
