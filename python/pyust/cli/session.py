@@ -5,7 +5,9 @@ what went wrong during the run said in one line each."""
 
 from __future__ import annotations
 
+import ctypes
 import subprocess
+import time
 
 from .common import _say, fail, human_size
 from .diskwatch import DiskWatch
@@ -117,13 +119,15 @@ class Session:
         destroyed (lttng could not be run), if so."""
         if not self.created:
             return None
-        _run_lttng(self.lttng, "stop", self.name)
+        stop(self.lttng, self.name)
         lost = discarded_events(self.lttng, self.name) if recorder is None else 0
         if recorder is not None:
             problem = recorder.snapshot("exit")
             if problem:
                 _say(f"pyust: no snapshot at exit: {problem}")
-        problem = destroy(self.lttng, self.name)
+        # Stopped, its data written: the daemon's teardown need not be
+        # waited for (0.5 s), except by a relay daemon's copy.
+        problem = destroy(self.lttng, self.name, wait=self.relay is not None)
         if problem:
             return problem
         if lost:
@@ -150,6 +154,32 @@ class Session:
         return None
 
 
+# `lttng stop` checks every 200 ms whether the session's data is written;
+# through liblttng-ctl (lttng-tools' own library) record checks every 5 ms.
+STOP_POLL = 0.005
+
+
+def _liblttng_ctl() -> ctypes.CDLL | None:
+    try:
+        ctl = ctypes.CDLL("liblttng-ctl.so.0")
+        ctl.lttng_stop_tracing_no_wait.argtypes = [ctypes.c_char_p]
+        ctl.lttng_data_pending.argtypes = [ctypes.c_char_p]
+    except (OSError, AttributeError):
+        return None
+    return ctl
+
+
+def stop(lttng: str, name: str) -> None:
+    """`lttng stop NAME`: returns once the session's data is written."""
+    ctl = _liblttng_ctl()
+    if ctl is None or ctl.lttng_stop_tracing_no_wait(name.encode()) < 0:
+        _run_lttng(lttng, "stop", name)  # (it says why, if it fails)
+        return
+    deadline = time.monotonic() + 60
+    while ctl.lttng_data_pending(name.encode()) > 0 and time.monotonic() < deadline:
+        time.sleep(STOP_POLL)
+
+
 # How long `lttng destroy` may wait for the session's destruction to
 # complete. LTTng 2.13's client sometimes never hears of it (the session
 # is gone, the trace stopped and complete: `lttng stop` waited for its
@@ -157,12 +187,13 @@ class Session:
 DESTROY_WAIT = 10.0
 
 
-def destroy(lttng: str, name: str) -> str | None:
-    """Destroys session `name`; why it could not, when lttng cannot even be
-    run (no file descriptor or process left)."""
+def destroy(lttng: str, name: str, wait: bool = True) -> str | None:
+    """Destroys session `name` (once stopped, `wait=False` leaves the
+    daemon's teardown to itself); why it could not, when lttng cannot even
+    be run (no file descriptor or process left)."""
     try:
         subprocess.run(
-            [lttng, "destroy", name],
+            [lttng, "destroy", *([] if wait else ["--no-wait"]), name],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=DESTROY_WAIT,
