@@ -111,38 +111,62 @@ def test_module_mode(session: Session, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "said"),
     [
-        ["missing.py"],
-        ["-m", "no_such_module_xyz"],
-        ["-m"],
-        ["--bogus"],
-        [],
-        ["view"],
-        ["view", "/no/such/trace"],
-        ["record", "missing.py"],
-        ["record", "-o"],
-        ["record", "--nope", "x.py"],
-        ["record", "--max-size", "lots", "x.py"],
-        ["record", "--max-size"],
-        ["record", "--max-size", "1K", "x.py"],
-        ["record", "--max-size", "64K", "--subbuf-size", "1M", "x.py"],
-        ["record", "--buffer", "8M", "x.py"],
-        ["record", "--snapshot-on", "ValueError", "x.py"],
-        ["record", "--flight-recorder", "--max-size", "1G", "x.py"],
-        ["record", "--flight-recorder", "--buffer", "1K", "x.py"],
-        ["record", "--flight-recorder", "--buffer", "100T", "x.py"],
-        ["record", "--flight-recorder", "--snapshot-on", 'Value"Error', "x.py"],
-        ["record", "--flight-recorder", "--snapshot-on"],
+        (["missing.py"], "cannot open script 'missing.py': No such file or directory"),
+        (["-m", "no_such_module_xyz"], "cannot run module 'no_such_module_xyz': No module named"),
+        (["-m"], "-m needs a module name"),
+        (["--bogus"], "unknown option: --bogus (see pyust --help)"),
+        ([], "no script given (usage: pyust [-m module | script.py] [args...])"),
+        (["view"], "usage: pyust view DIR"),
+        (["view", "/no/such/trace"], "/no/such/trace is not a trace folder"),
+        (["record", "missing.py"], "cannot open script 'missing.py': no such file"),
+        (["record", "-o"], "--output needs a folder"),
+        (["record", "--nope", "x.py"], "unknown option for record: --nope"),
+        (
+            ["record", "--max-size", "lots", "x.py"],
+            "not a size: 'lots' (e.g. 500M, 2G; 0: no limit)",
+        ),
+        (["record", "--max-size"], "--max-size needs a size (e.g. 500M, 2G; 0: no limit)"),
+        (["record", "--max-size", "1K", "x.py"], "--max-size 1.0 KiB is too small for "),
+        (
+            ["record", "--max-size", "64K", "--subbuf-size", "1M", "x.py"],
+            "less than --subbuf-size 1.0 MiB: raise one or lower the other",
+        ),
+        (["record", "--buffer", "8M", "x.py"], "--buffer needs --flight-recorder"),
+        (
+            ["record", "--snapshot-on", "ValueError", "x.py"],
+            "--snapshot-on needs --flight-recorder",
+        ),
+        (
+            ["record", "--flight-recorder", "--max-size", "1G", "x.py"],
+            "--max-size is for traces written as they run; a flight recorder's size is --buffer",
+        ),
+        (
+            ["record", "--flight-recorder", "--buffer", "1K", "x.py"],
+            "--buffer 1.0 KiB is too small",
+        ),
+        (
+            ["record", "--flight-recorder", "--buffer", "100T", "x.py"],
+            "--buffer 102400.0 GiB does not fit in /dev/shm",
+        ),
+        (
+            ["record", "--flight-recorder", "--snapshot-on", 'Value"Error', "x.py"],
+            "--snapshot-on needs an exception type name (e.g. ValueError), not 'Value\"Error'",
+        ),
+        (
+            ["record", "--flight-recorder", "--snapshot-on"],
+            "--snapshot-on needs an exception type (e.g. ValueError)",
+        ),
     ],
 )
-def test_bad_input_is_one_line_and_status_2(tmp_path: Path, args: list[str]) -> None:
+def test_bad_input_is_one_line_and_status_2(tmp_path: Path, args: list[str], said: str) -> None:
+    # x.py exists: each case fails on its own option, not on a missing script.
+    (tmp_path / "x.py").write_text("pass\n")
     proc = run_python("-m", "pyust", *args, cwd=tmp_path)
-    assert proc.returncode == 2, proc
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("pyust: ")
+    assert (proc.returncode, proc.stdout) == (2, ""), proc
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("pyust: ") and said in line, line
 
 
 def test_record_without_lttng_tools(tmp_path: Path) -> None:
@@ -506,10 +530,16 @@ def test_no_pyust_frame_under_record(sessiond: None, tmp_path: Path) -> None:
     check_nesting(events)
 
 
-def test_launcher_under_manual_session_only_sees_its_process(session: Session) -> None:
+def test_launcher_under_manual_session_runs_the_script_itself(session: Session) -> None:
+    # Under a session made by hand, `python -m pyust foo.py` runs foo.py in
+    # its own process, and every event of foo.py in the session (which
+    # records every process) is that process's, each once.
     proc, events = run_traced(session, SCENARIOS / "foo.py")
     assert proc.returncode == 0
-    assert {e.vpid for e in events} == {events[0].vpid}
+    foo = str(SCENARIOS / "foo.py")
+    everyone = [e for e in session.stop() if e.name == "call" and e["co_filename"] == foo]
+    assert [e.short() for e in everyone] == ["call <module>", "call foo", "call bar", "call baz"]
+    assert [e for e in events if e.name == "call" and e["co_filename"] == foo] == everyone
 
 
 # --- record on a terminal: Ctrl-C, SIGTERM, hangup -----------------------------

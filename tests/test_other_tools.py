@@ -18,6 +18,7 @@ from conftest import (
     check_nesting,
     lttng,
     make_session,
+    run_plain,
     run_python,
     run_traced,
     write_script,
@@ -193,9 +194,14 @@ print("ok")
 
 def test_other_trace_and_profile_functions_are_kept(session: Session, tmp_path: Path) -> None:
     script = write_script(tmp_path, "settrace.py", SETTRACE)
-    proc = run_python(str(script))
+    proc, _, events = run_plain(session, script)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+    # pyust recorded the work beside them: once on the worker thread, and
+    # on the main thread under its trace function and under cProfile.
+    work = [e for e in events if e.name == "call" and e["co_name"] == "work"]
+    on_main = [e for e in work if e.vtid == e.vpid]
+    assert (len(work), len(on_main)) == (5, 4), [(e.vpid, e.vtid) for e in work]
 
 
 def test_debugger_steps_through_a_traced_program(session: Session, tmp_path: Path) -> None:
@@ -212,14 +218,19 @@ def test_debugger_steps_through_a_traced_program(session: Session, tmp_path: Pat
             """
         ),
     )
-    proc = subprocess.run(
+    child = subprocess.Popen(
         [sys.executable, "-m", "pyust", str(script)],
-        input="step\nstep\nnext\np total\ncontinue\n",
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
         env={**os.environ, "PYTHONBREAKPOINT": "pdb.set_trace"},
     )
-    assert proc.returncode == 0, proc.stderr
-    assert "(Pdb) 5" in proc.stdout, proc.stdout
-    assert proc.stdout.rstrip().endswith("5")
+    out, err = child.communicate("step\nstep\nnext\np total\ncontinue\n", timeout=120)
+    assert child.returncode == 0, err
+    assert "(Pdb) 5" in out, out
+    assert out.rstrip().endswith("5")
+    # Traced all the while: add's call and return, and print's C call after.
+    events = session.events_of(child.pid)
+    calls = [e.short() for e in events if e.name in ("call", "c_call") and e.vtid == e.vpid]
+    assert calls.count("call add") == 1 and "c_call builtins.print" in calls, calls
