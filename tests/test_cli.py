@@ -135,6 +135,12 @@ def test_module_mode(session: Session, tmp_path: Path) -> None:
         ),
         (["record", "--buffer", "8M", "x.py"], "--buffer needs --flight-recorder"),
         (
+            # Each full batch (one event) was discarded, the report said 0.
+            ["record", "--mode", "fast", "--subbuf-size", "4K", "x.py"],
+            "--mode fast needs sub-buffers of at least 8.0 KiB (a batch of records is one "
+            "event of up to 4.2 KiB): --subbuf-size makes them 4.0 KiB",
+        ),
+        (
             ["record", "--snapshot-on", "ValueError", "x.py"],
             "--snapshot-on needs --flight-recorder",
         ),

@@ -23,6 +23,7 @@ from .common import (
     Target,
     _say,
     fail,
+    human_size,
     parse_count,
     parse_exception_type,
     parse_max_size,
@@ -54,6 +55,10 @@ from .session import Session
 from .signals import StopSignals
 from .view import show
 from .watchdog import Watchdog
+
+# The smallest sub-buffer of the fast mode's channel: one full batch (4096
+# bytes of records, its fields and contexts) and a packet header.
+FAST_MIN_SUBBUF = 8 << 10
 
 # How long record waits, after the program, for the processes it started
 # and left running to end (their last events come before the session stops).
@@ -261,6 +266,20 @@ def record(argv: list[str]) -> int:
         if max_size:
             channel_subbuf, tracefile = size_limits(max_size, subbuf)
             limits = [f"--tracefile-size={tracefile}", f"--tracefile-count={TRACEFILES_PER_STREAM}"]
+    if mode == "fast" and channel_subbuf < FAST_MIN_SUBBUF:
+        # A sub-buffer holds whole events: every full batch was discarded.
+        chosen = (
+            "--subbuf-size"
+            if subbuf is not None
+            else f"--buffer {human_size(buffer or 0)}"
+            if flight
+            else f"--max-size {human_size(max_size or 0)}"
+        )
+        fail(
+            f"--mode fast needs sub-buffers of at least {human_size(FAST_MIN_SUBBUF)} (a batch "
+            f"of records is one event of up to 4.2 KiB): {chosen} makes them "
+            f"{human_size(channel_subbuf)}"
+        )
     if output == "":
         fail("--output needs a folder (an empty name names none)")
     target = parse_target(argv)
