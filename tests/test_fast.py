@@ -102,6 +102,36 @@ def test_an_idle_threads_events_keep_its_name(sessiond: None, tmp_path: Path) ->
     assert readable["early"] and fast == readable, (fast, readable)
 
 
+SHARED_CODE = """
+code = compile("def shared():\\n    pass\\n", "<plugin>", "exec")
+funcs = []
+for i in range(40):  # one code object, 40 module dicts, 4 module names
+    namespace = {"__name__": f"plugin{i % 4}"}
+    exec(code, namespace)
+    funcs.append(namespace["shared"])
+for _ in range(10):
+    for f in funcs:
+        f()
+"""
+
+
+def test_a_code_under_many_globals_keeps_its_ids(sessiond: None, tmp_path: Path) -> None:
+    # A function object per module dict, all of one code object: past 16
+    # dicts, each call took a new id and wrote a definition (400 calls:
+    # about 380 definitions).
+    script = write_script(tmp_path, "plugins.py", SHARED_CODE)
+    readable = record(tmp_path, "readable", script, "--mode", "readable")
+    fast = record(tmp_path, "fast", script, "--mode", "fast")
+    assert per_thread(view(fast)) == per_thread(parse_trace(babeltrace(readable)))
+    defs = [
+        line
+        for line in babeltrace(fast).splitlines()
+        if "python_fast:def" in line and 'co_name = "shared"' in line
+    ]
+    ids = {re.search(r"\bid = (\d+)", line)[1] for line in defs}  # type: ignore[index]
+    assert len(ids) == 4 and len(defs) <= 40, (len(ids), len(defs))
+
+
 def test_threads_fork_and_exceptions(sessiond: None, tmp_path: Path) -> None:
     script = write_script(
         tmp_path,

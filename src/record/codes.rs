@@ -237,14 +237,15 @@ pub(super) unsafe fn store_code_info<'a>(
 /// A module name: a cached entry, or (past `MAX_RETIRED`) this event's own.
 pub(super) enum Module<'a> {
     Entry(&'a ModuleEntry),
-    Once(CString),
+    /// With the id of an entry of the same module name, if any.
+    Once(CString, Option<&'a fast::Def>),
 }
 
 impl Module<'_> {
     pub(super) fn text(&self) -> &CStr {
         match self {
             Module::Entry(entry) => &entry.text,
-            Module::Once(text) => text,
+            Module::Once(text, _) => text,
         }
     }
 }
@@ -316,19 +317,56 @@ pub(super) unsafe fn module_name<'a>(
         })
         .unwrap_or_default()
     };
+    let mut retired = info.retired.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: the current entry lives as long as `info` (as above).
+    let current = unsafe { entry.as_ref() };
+    // The same code under globals it ran under before (a function shared
+    // by several module dicts, called in turn): that entry again, its id
+    // with it. Entries are never freed before `info`: swapping them keeps
+    // any a thread still reads alive.
+    if let Some(i) = retired
+        .iter()
+        .position(|e| e.globals == globals as usize && e.name == name)
+    {
+        let again = Box::into_raw(retired.swap_remove(i));
+        // SAFETY: `again` comes from a `Box`; `name` (a new reference) is
+        // released: the entry holds its own.
+        unsafe {
+            (*again).version.store(version, Ordering::Release);
+            ffi::Py_XDECREF(name);
+        }
+        let old = info.module.swap(again, Ordering::AcqRel);
+        if !old.is_null() {
+            // SAFETY: as below.
+            retired.push(unsafe { Box::from_raw(old) });
+        }
+        // SAFETY: `again` is published; it lives as long as `info`.
+        return Module::Entry(unsafe { &*again });
+    }
+    // The names of an entry with the same module name are the same: so is
+    // the fast mode's id (else a code run under many globals dicts took a
+    // new id, and a definition, per call).
+    let same: Option<*const ModuleEntry> = current
+        .into_iter()
+        .chain(retired.iter().map(|e| &**e))
+        .find(|e| e.text == text)
+        .map(|e| e as *const ModuleEntry);
+    // SAFETY: entries live as long as `info`, wherever they move.
+    let same: Option<&'a ModuleEntry> = same.map(|e| unsafe { &*e });
+    let def = same.map_or_else(fast::Def::new, |e| fast::Def::same_as(&e.def));
     let new = Box::new(ModuleEntry {
         globals: globals as usize,
         version: AtomicU64::new(version),
         name,
         text,
-        def: fast::Def::new(),
+        def,
     });
-    let mut retired = info.retired.lock().unwrap_or_else(|e| e.into_inner());
     if retired.len() >= MAX_RETIRED {
-        drop(retired);
-        // Too many: this event's name only (the entry's reference is
+        // Too many: this event's names only, the id of an entry with the
+        // same module name when there is one (the entry's reference is
         // released after, as releasing it may run Python code).
-        return Module::Once(new.text.clone());
+        drop(retired);
+        return Module::Once(new.text.clone(), same.map(|e| &e.def));
     }
     let new = Box::into_raw(new);
     let old = info.module.swap(new, Ordering::AcqRel);

@@ -452,8 +452,17 @@ pub fn after_fork_child() {
     registry_unlock();
 }
 
-/// A fresh id (never 0: id 0 names an unknown function, "?").
+/// Ids handed out in this process image.
+static IDS_GIVEN: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh id (never 0: id 0 names an unknown function, "?"). Once every
+/// id has been given (2^29 - 1: a program that made that many functions
+/// and modules), 0: its events read "?" rather than another's name.
 pub fn new_id() -> u32 {
+    if IDS_GIVEN.fetch_add(1, Ordering::Relaxed) >= ID_MASK {
+        IDS_GIVEN.store(ID_MASK, Ordering::Relaxed);
+        return 0;
+    }
     loop {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) & ID_MASK;
         if id != 0 {
@@ -477,6 +486,16 @@ impl Def {
             id: new_id(),
             epoch: AtomicU32::new(0),
             exits: false,
+        }
+    }
+
+    /// Another definition of the same names (the same code under another
+    /// globals dict with the same `__name__`): the same id.
+    pub fn same_as(other: &Def) -> Def {
+        Def {
+            id: other.id,
+            epoch: AtomicU32::new(0),
+            exits: other.exits,
         }
     }
 

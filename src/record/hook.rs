@@ -277,7 +277,8 @@ pub unsafe fn emit_call(
                 };
                 let id = match &module {
                     Module::Entry(entry) => entry.def.use_id(define),
-                    Module::Once(_) => {
+                    Module::Once(_, Some(def)) => def.use_id(define),
+                    Module::Once(_, None) => {
                         let id = fast::new_id();
                         define(id);
                         id
