@@ -343,3 +343,24 @@ def test_snapshot_triggers_go_with_their_processes(sessiond: None, tmp_path: Pat
     listing = lttng("list-triggers").stdout
     assert "-triggers-on-" not in listing
     assert pyust_sessions() == []
+
+
+def test_control_socket_that_cannot_bind_leaves_no_folder(tmp_path: Path) -> None:
+    # record makes its control folder, then binds its socket there: a bind
+    # that fails (injected here) took the folder's removal with it.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    code = (
+        "import socket\n"
+        "def refuse(self, address):\n"
+        "    raise OSError(98, 'Address already in use')\n"
+        "socket.socket.bind = refuse\n"
+        "from pyust.cli.children import Tracker\n"
+        "try:\n"
+        "    Tracker('lttng', 'no-session')\n"
+        "except OSError as exc:\n"
+        "    print(exc.strerror)\n"
+    )
+    proc = run_python("-c", code, env={**os.environ, "TMPDIR": str(tmp)})
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "Address already in use\n", "")
+    assert os.listdir(tmp) == []
