@@ -374,6 +374,50 @@ time.sleep(60)
     assert pyust_sessions() == []
 
 
+def test_a_second_sigterm_does_not_cut_the_commit_short(sessiond: None, tmp_path: Path) -> None:
+    """SIGTERM twice (a supervisor's retry): a second one while the first's
+    handler committed the batches ran the handler again, which could not
+    take the lock the first held and killed the process, the commit undone.
+    The commit is made to last 300 ms (a test hook), the second signal
+    sent 100 ms in."""
+    flag = tmp_path / "done"
+    script = write_script(
+        tmp_path,
+        "term2.py",
+        f"""
+import time
+
+def tick():
+    pass
+
+for _ in range(200):
+    tick()
+open({str(flag)!r}, "w").close()
+time.sleep(60)
+""",
+    )
+    out = tmp_path / "trace"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyust", "record", "--mode", "fast", "-o", str(out), str(script)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYUST_TEST_NO_FLUSHER": "1", "PYUST_TEST_DYING_PAUSE_MS": "300"},
+    )
+    deadline = time.time() + 60
+    while not flag.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    calls = [e["co_name"] for e in view(out) if e.name == "call"]
+    assert calls.count("tick") == 200, err
+    assert pyust_sessions() == []
+
+
 def test_bad_mode(tmp_path: Path) -> None:
     script = write_script(tmp_path, "x.py", "pass\n")
     proc = run_python("-m", "pyust", "record", "--mode", "quick", str(script))

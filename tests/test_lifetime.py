@@ -17,7 +17,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import lttng, parse_trace, pyust_sessions, run_python, write_script
+from conftest import (
+    SLEEPER,
+    Terminal,
+    babeltrace,
+    check_nesting,
+    lttng,
+    parse_trace,
+    pyust_sessions,
+    run_python,
+    write_script,
+)
 
 FORKS = """
 import os, sys, threading, time, warnings
@@ -364,3 +374,56 @@ def test_control_socket_that_cannot_bind_leaves_no_folder(tmp_path: Path) -> Non
     proc = run_python("-c", code, env={**os.environ, "TMPDIR": str(tmp)})
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "Address already in use\n", "")
     assert os.listdir(tmp) == []
+
+
+# --- record on a terminal: Ctrl-C, SIGTERM, hangup -----------------------------
+
+
+def _record_sleeper_on_terminal(tmp_path: Path) -> tuple[Terminal, Path]:
+    script = write_script(tmp_path, "sleeper.py", SLEEPER)
+    out_dir = tmp_path / "t"
+    term = Terminal([sys.executable, "-m", "pyust", "record", "-o", str(out_dir), str(script)])
+    term.read_until(b"ready")
+    time.sleep(0.3)
+    return term, out_dir
+
+
+def _check_trace(out_dir: Path, *, complete: bool) -> list:
+    """The trace is readable and its session gone. Complete: every frame
+    returned (the program unwound); else what was recorded before the
+    program was killed nests (its last frames stay open)."""
+    events = parse_trace(babeltrace(out_dir))
+    check_nesting(events, complete=complete)
+    assert any(e.short() == "call nap" for e in events)
+    if complete:
+        assert events[-1].name == "return"
+    assert pyust_sessions() == []
+    return events
+
+
+def test_ctrl_c_on_a_terminal_stops_record(sessiond: None, tmp_path: Path) -> None:
+    term, out_dir = _record_sleeper_on_terminal(tmp_path)
+    os.write(term.master, b"\x03")  # Ctrl-C, through the terminal's line discipline
+    status = term.finish()
+    assert status == 130, term.output
+    assert b"KeyboardInterrupt" in term.output
+    assert f"trace written to {out_dir}".encode() in term.output
+    events = _check_trace(out_dir, complete=True)
+    assert any(e.name == "exception" and e["exc_type"] == "KeyboardInterrupt" for e in events)
+
+
+def test_sigterm_on_a_terminal_stops_record(sessiond: None, tmp_path: Path) -> None:
+    term, out_dir = _record_sleeper_on_terminal(tmp_path)
+    term.proc.send_signal(signal.SIGTERM)  # to `pyust record` alone, as `kill` does
+    status = term.finish()
+    assert status == 128 + signal.SIGTERM, term.output
+    assert f"trace written to {out_dir}".encode() in term.output
+    _check_trace(out_dir, complete=False)  # killed by SIGTERM: no unwinding
+
+
+def test_terminal_hangup_stops_record(sessiond: None, tmp_path: Path) -> None:
+    term, out_dir = _record_sleeper_on_terminal(tmp_path)
+    os.close(term.master)  # the terminal window is closed: SIGHUP
+    status = term.proc.wait(timeout=60)
+    assert status == 128 + signal.SIGHUP
+    _check_trace(out_dir, complete=False)  # killed by SIGHUP: no unwinding

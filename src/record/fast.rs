@@ -47,6 +47,12 @@ static TSC: AtomicBool = AtomicBool::new(false);
 /// Uses the TSC when the kernel's clocksource is it (its reads are then
 /// what CLOCK_MONOTONIC is made of).
 pub fn init() {
+    if let Some(ms) = std::env::var("PYUST_TEST_DYING_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        TEST_DYING_PAUSE_MS.store(ms, Ordering::Relaxed);
+    }
     // Ids start at a point of their own in each process image: an image
     // that `exec` replaced had the same pid, and `view` names a record by
     // (pid, id), so ids counted again from 1 would give the records the
@@ -381,6 +387,11 @@ pub extern "C" fn pyust_fast_flush_on_signal() {
     if !take(&REGISTRY_LOCK) {
         return;
     }
+    let pause = TEST_DYING_PAUSE_MS.load(Ordering::Relaxed);
+    if pause > 0 {
+        // For tests only: the commit made to last, a second signal in it.
+        std::thread::sleep(Duration::from_millis(pause));
+    }
     let own = BATCH.with(Cell::get);
     // SAFETY: the registry lock is ours.
     for &b in unsafe { &*REGISTRY.0.get() } {
@@ -409,6 +420,10 @@ pub extern "C" fn pyust_fast_flush_on_signal() {
     }
     registry_unlock();
 }
+
+/// For tests only (PYUST_TEST_DYING_PAUSE_MS, read at import): how long the
+/// signal's commit pauses with the registry locked.
+static TEST_DYING_PAUSE_MS: AtomicU64 = AtomicU64::new(0);
 
 /// How long the SIGTERM handler waits for a lock another thread holds.
 const SIGNAL_WAIT_NS: u64 = 20_000_000;

@@ -213,9 +213,17 @@ void pyust_tp_emit_fast_exception(const char *exc_type)
  */
 extern void pyust_fast_flush_on_signal(void);
 
+/*
+ * Set by the first stop signal's handler, in whichever thread: a second
+ * one (SIGTERM twice, a supervisor's retries) must not cut that handler's
+ * commit of the batches short; the first one ends the process.
+ */
+static volatile sig_atomic_t pyust_dying;
+
 static void pyust_die(int sig)
 {
 	pyust_deferred = 0; /* the batches' own events are not interrupted */
+	pyust_dying = 1;
 	pyust_fast_flush_on_signal();
 	signal(sig, SIG_DFL);
 	raise(sig);
@@ -225,7 +233,9 @@ static void pyust_on_stop_signal(int sig)
 {
 	int saved = errno;
 
-	if (pyust_emitting) {
+	if (pyust_dying) {
+		/* The first one's handler is committing; it ends the process. */
+	} else if (pyust_emitting) {
 		pyust_deferred = sig; /* the emitter dies of it */
 	} else {
 		pyust_die(sig);
