@@ -46,7 +46,8 @@ MODULES = [
 def outcome(text: str) -> tuple[str, list[str]]:
     """regrtest's verdict and the tests it names as failed."""
     result = re.findall(r"^(?:Tests )?[Rr]esult: (\w+)", text, re.M)
-    failed = sorted(set(re.findall(r"^(test_\w+) failed", text, re.M)))
+    # ("0:00:02 load avg: 0.66 [ 8/18/1] test_gc -- test_functools failed")
+    failed = sorted(set(re.findall(r"\b(test_\w+) failed\b", text)))
     return (result[-1] if result else "NO RESULT"), failed
 
 
@@ -66,11 +67,11 @@ class Regrtest:
     """regrtest on MODULES, started now; its output goes to files (two
     runs at once must not wait on each other's pipes)."""
 
-    def __init__(self, *prefix: str) -> None:
+    def __init__(self, *prefix: str, modules: list[str] = MODULES) -> None:
         self.out = tempfile.TemporaryFile(mode="w+")
         self.err = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [sys.executable, *prefix, "-m", "test", "--timeout=600", *MODULES],
+            [sys.executable, *prefix, "-m", "test", "--timeout=600", *modules],
             stdout=self.out,
             stderr=self.err,
             text=True,
@@ -113,6 +114,16 @@ def test_cpython_regression_tests_unchanged(sessiond: None) -> None:
         # pyust in it), the traced one records into the session.
         runs = Regrtest(), Regrtest("-m", "pyust")
         plain, traced = (run.result() for run in runs)
+        if outcome(traced.stdout) != outcome(plain.stdout):
+            # A timing test of CPython's can fail once under the load of two
+            # runs side by side (test_functools did, traced, in 1 run of
+            # about 40): the modules that differ run again, one run at a
+            # time, and decide.
+            first = outcome(traced.stdout)[1], outcome(plain.stdout)[1]
+            again = sorted(set(first[0]) ^ set(first[1])) or MODULES
+            plain = Regrtest(modules=again).result()
+            traced = Regrtest("-m", "pyust", modules=again).result()
+            print(f"regrtest: {again} differed side by side ({first}); run again alone")
     finally:
         lttng("destroy", name, check=False)
     assert "no LTTng session" not in traced.stderr

@@ -32,8 +32,13 @@ struct ForkWarning;
 #[pymethods]
 impl ForkWarning {
     fn r#match(&self, py: Python<'_>, text: &Bound<'_, PyString>) -> bool {
+        // ("This process (pid=N) is multi-threaded, use of fork() may lead
+        // to deadlocks in the child.", or forkpty(); loosely, should a
+        // later CPython reword it.)
         let ours = text.to_str().is_ok_and(|t| {
-            t.starts_with("This process (pid=") && t.contains(") is multi-threaded, use of fork")
+            t.starts_with("This process (pid=")
+                && t.contains("multi-threaded")
+                && t.contains("fork")
         });
         if ours {
             take_down(py);
