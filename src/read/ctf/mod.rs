@@ -46,6 +46,24 @@ impl TraceInfo {
             .map(|&i| &self.layouts[i])
             .ok_or_else(|| "packet of an unknown stream class".to_owned())
     }
+
+    /// A packet's header and context fields (from its first bytes, `head`);
+    /// the offset where its events start.
+    fn packet_fields(&self, head: &[u8]) -> Result<(HashMap<String, u64>, usize), String> {
+        let mut values = HashMap::new();
+        let mut at = 0;
+        if let Some(h) = &self.meta.packet_header {
+            read_struct(h, head, &mut at, &mut values)?;
+        }
+        let class = values.get("stream_id").copied().unwrap_or(0);
+        read_struct(
+            &self.layout(class)?.packet_context,
+            head,
+            &mut at,
+            &mut values,
+        )?;
+        Ok((values, at))
+    }
 }
 
 /// One data stream: its files (tracefile rotation splits a stream in
@@ -106,18 +124,8 @@ impl Stream {
                 .map_err(|e| e.to_string())?
                 .len()
                 .saturating_sub(start);
-            let mut values = HashMap::new();
-            let mut at = 0;
-            if let Some(h) = &info.meta.packet_header {
-                read_struct(h, &head, &mut at, &mut values)?;
-            }
+            let (values, at) = info.packet_fields(&head)?;
             let class = values.get("stream_id").copied().unwrap_or(0);
-            read_struct(
-                &info.layout(class)?.packet_context,
-                &head,
-                &mut at,
-                &mut values,
-            )?;
             let size = values
                 .get("packet_size")
                 .copied()
@@ -385,23 +393,10 @@ pub fn check(root: &Path) -> Result<(), String> {
             while off < len {
                 f.seek(SeekFrom::Start(off)).map_err(|e| e.to_string())?;
                 let got = read_up_to(&mut f, &mut head)?;
-                let mut values = HashMap::new();
-                let mut at = 0;
-                let parsed = (|| -> Result<(), String> {
-                    if let Some(h) = &info.meta.packet_header {
-                        read_struct(h, &head[..got], &mut at, &mut values)?;
-                    }
-                    let class = values.get("stream_id").copied().unwrap_or(0);
-                    read_struct(
-                        &info.layout(class)?.packet_context,
-                        &head[..got],
-                        &mut at,
-                        &mut values,
-                    )
-                })();
-                if let Err(why) = parsed {
-                    return bad(off, &why);
-                }
+                let (values, at) = match info.packet_fields(&head[..got]) {
+                    Ok(fields) => fields,
+                    Err(why) => return bad(off, &why),
+                };
                 if values.get("magic").is_some_and(|&m| m != 0xC1FC_1FC1) {
                     return bad(off, "not a CTF packet (its magic number)");
                 }
@@ -464,23 +459,10 @@ pub fn read(
             if got == 0 {
                 continue; // an empty file: nothing was written to it
             }
-            let mut values = HashMap::new();
-            let mut at = 0;
-            let ok = (|| -> Result<(), String> {
-                if let Some(h) = &info.meta.packet_header {
-                    read_struct(h, &head[..got], &mut at, &mut values)?;
-                }
-                let class = values.get("stream_id").copied().unwrap_or(0);
-                read_struct(
-                    &info.layout(class)?.packet_context,
-                    &head[..got],
-                    &mut at,
-                    &mut values,
-                )
-            })();
-            if ok.is_err() || values.get("magic").is_some_and(|&m| m != 0xC1FC_1FC1) {
-                return Ok(Some(format!("{}: not a CTF packet", path.display())));
-            }
+            let values = match info.packet_fields(&head[..got]) {
+                Ok((values, _)) if values.get("magic").is_none_or(|&m| m == 0xC1FC_1FC1) => values,
+                _ => return Ok(Some(format!("{}: not a CTF packet", path.display()))),
+            };
             let key = (
                 values.get("stream_id").copied().unwrap_or(0),
                 values
