@@ -328,17 +328,8 @@ def test_snapshot_on_exception_in_fast_mode(sessiond: None, tmp_path: Path) -> N
     assert pyust_sessions() == []
 
 
-def test_sigterm_keeps_the_last_records(sessiond: None, tmp_path: Path) -> None:
-    """A program ended by SIGTERM runs no exit hook: pyust's handler
-    commits its batches before it dies of the signal. Without the flusher
-    thread (a test hook), nothing else commits them: the signal's timing
-    cannot make the test pass without the handler."""
-    flag = tmp_path / "done"
-    script = write_script(
-        tmp_path,
-        "term.py",
-        f"""
-import time
+TICKS_THEN_WAIT = """
+import sys, time
 
 def tick():
     pass
@@ -349,22 +340,38 @@ def last():
 for _ in range(200):
     tick()
 last()
-open({str(flag)!r}, "w").close()
+open(sys.argv[1], "w").close()
 time.sleep(60)
-""",
-    )
-    out = tmp_path / "trace"
+"""
+
+
+def _record_until_ticked(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[str], Path]:
+    """record --mode fast of TICKS_THEN_WAIT, once the program has ticked
+    (in `env`, with PYUST_TEST_NO_FLUSHER: no batch is committed but by
+    its thread or a signal's handler); the recording and its folder."""
+    script = write_script(tmp_path, "term.py", TICKS_THEN_WAIT)
+    out, flag = tmp_path / "trace", tmp_path / "done"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pyust", "record", "--mode", "fast", "-o", str(out), str(script)],
+        [sys.executable, "-m", "pyust", "record", "--mode", "fast", "-o", str(out)]
+        + [str(script), str(flag)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYUST_TEST_NO_FLUSHER": "1"},
+        env={**os.environ, "PYUST_TEST_NO_FLUSHER": "1", **env},
     )
     deadline = time.time() + 60
     while not flag.exists() and time.time() < deadline:
         time.sleep(0.05)
+    return proc, out
+
+
+def test_sigterm_keeps_the_last_records(sessiond: None, tmp_path: Path) -> None:
+    """A program ended by SIGTERM runs no exit hook: pyust's handler
+    commits its batches before it dies of the signal. Without the flusher
+    thread (a test hook), nothing else commits them: the signal's timing
+    cannot make the test pass without the handler."""
+    proc, out = _record_until_ticked(tmp_path)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
@@ -380,34 +387,7 @@ def test_a_second_sigterm_does_not_cut_the_commit_short(sessiond: None, tmp_path
     take the lock the first held and killed the process, the commit undone.
     The commit is made to last 300 ms (a test hook), the second signal
     sent 100 ms in."""
-    flag = tmp_path / "done"
-    script = write_script(
-        tmp_path,
-        "term2.py",
-        f"""
-import time
-
-def tick():
-    pass
-
-for _ in range(200):
-    tick()
-open({str(flag)!r}, "w").close()
-time.sleep(60)
-""",
-    )
-    out = tmp_path / "trace"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pyust", "record", "--mode", "fast", "-o", str(out), str(script)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYUST_TEST_NO_FLUSHER": "1", "PYUST_TEST_DYING_PAUSE_MS": "300"},
-    )
-    deadline = time.time() + 60
-    while not flag.exists() and time.time() < deadline:
-        time.sleep(0.05)
+    proc, out = _record_until_ticked(tmp_path, PYUST_TEST_DYING_PAUSE_MS="300")
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)

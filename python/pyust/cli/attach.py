@@ -225,12 +225,7 @@ def attach(argv: list[str]) -> int:
             tracker.close()
             for line in tracker.untraced:
                 _say(f"pyust: {line}")
-        problem = session.finish(None, None, None, output)
-        if problem:
-            _say(f"pyust: attach could not end the session ({problem}): its watchdog did")
-            watchdog.hand_over()
-        else:
-            watchdog.release()
+        watchdog.finish(session.finish(None, None, None, output))
         for sig, handler in old.items():
             signal.signal(sig, handler)
     if not joined:

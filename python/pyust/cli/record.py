@@ -415,13 +415,7 @@ def record(argv: list[str]) -> int:
                 _say(f"pyust: record's tracking of the program's processes: {tracker.problem}")
             for line in tracker.untraced:
                 _say(f"pyust: {line}")
-        problem = session.finish(recorder, watch, max_size, output)
-        if problem:
-            # The watchdog (a process with its own limits) destroys it.
-            _say(f"pyust: record could not end the session ({problem}): its watchdog did")
-            watchdog.hand_over()
-        else:
-            watchdog.release()
+        watchdog.finish(session.finish(recorder, watch, max_size, output))
         signals.restore()
     received = signals.received
     if relay is not None:

@@ -43,6 +43,7 @@ class Watchdog:
     """`record`'s end of it: start, tell it the program, release it."""
 
     def __init__(self, lttng: str, session: str, output: str, who: str = "record") -> None:
+        self.who = who
         read, self.pipe = os.pipe()
         try:
             self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
@@ -68,13 +69,18 @@ class Watchdog:
     def program(self, pid: int) -> None:
         self._tell(f"pid {pid}")
 
-    def release(self) -> None:
-        """record has cleaned up: the watchdog ends without a word."""
-        self._end("done", 2)
+    def finish(self, problem: str | None) -> None:
+        """After record's own teardown (`Session.finish`, which says why it
+        could not destroy the session, if so): the watchdog ends without a
+        word; or, when record could not run lttng (no file descriptor left),
+        it destroys the session itself (a process with its own limits) and
+        record waits for it."""
+        if not problem:
+            self._end("done", 2)
+            return
+        from pyust.cli.common import _say
 
-    def hand_over(self) -> None:
-        """record could not end the session (no file descriptor left to run
-        lttng with): the watchdog does, and record waits for it."""
+        _say(f"pyust: {self.who} could not end the session ({problem}): its watchdog did")
         self._end("cleanup", 60)
 
     def _end(self, word: str, wait: float) -> None:
@@ -90,19 +96,11 @@ class Watchdog:
                 pass
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        pass
-    return True
-
-
 def _end_program(pid: int, pidfd: int | None) -> bool:
     """Waits for the program to end; kills it after the grace. Whether it
     had to be killed."""
+    from pyust.cli.children import _alive
+
     deadline = time.monotonic() + PROGRAM_GRACE
     while time.monotonic() < deadline:
         if pidfd is None:
